@@ -1,0 +1,36 @@
+# The README's two commands are `make run` and `make test`; everything else is optional.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PORT    ?= 8080
+PIP     := $(BIN)/pip install -c constraints.txt
+
+.PHONY: run test install lint bench demo dashboard compose-test clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/edgefed demo
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python -m bench.ops
+	$(BIN)/python -m bench.pareto
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

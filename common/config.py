@@ -1,0 +1,110 @@
+"""Experiment configuration: one pydantic schema for the CLI, the dashboard API and Flower.
+
+An experiment is validated once, here, and then travels as JSON (``ExperimentConfig.
+model_dump_json()``) into Flower's run-config (key ``config-json``) and the dashboard's database.
+Fields that name catalogue entries (device profiles) are checked against the catalogue by
+:func:`common.devices.validate_fleet`, which needs the catalogue file; everything else is checked
+by the schema itself.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["vanilla", "svd", "hosvd", "asi", "gradfilter"]
+ModelName = Literal["mobilenetv2", "resnet18", "resnet34", "mcunet", "smallcnn"]
+DatasetName = Literal["fashion-mnist", "cifar10", "cifar100"]
+Partitioner = Literal["iid", "dirichlet", "pathological"]
+StrategyName = Literal["fedavg", "fedprox", "fedadam"]
+Policy = Literal["fixed", "fit"]
+Engine = Literal["simulation", "deployment"]
+
+MAX_CLIENTS = 2000
+MAX_ROUNDS = 500
+Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\- ]+$")]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo in a config must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CompressionConfig(_Strict):
+    """How a client keeps activations for backward (see ``common.compression``)."""
+
+    method: Method = "hosvd"
+    last_k: int = Field(4, ge=1, le=64, description="number of trailing Conv2d/Linear layers fine-tuned")
+    eps: float = Field(0.8, gt=0.0, le=1.0, description="explained-variance threshold (svd, hosvd)")
+    rank: int | None = Field(None, ge=1, le=4096, description="fixed rank per mode (asi, hosvd)")
+    radius: Literal[2, 4, 7] = Field(2, description="patch radius R (gradfilter)")
+
+
+class FleetEntry(_Strict):
+    """``count`` devices of catalogue profile ``device``."""
+
+    device: Name
+    count: int = Field(ge=1, le=MAX_CLIENTS)
+
+
+class ExperimentConfig(_Strict):
+    """A whole federated fine-tuning experiment (the paper's Setup B on a fleet of devices)."""
+
+    name: Name = "experiment"
+    model: ModelName = "mobilenetv2"
+    width: float = Field(0.5, gt=0.0, le=2.0, description="MobileNetV2 width multiplier")
+    dataset: DatasetName = "fashion-mnist"
+    image_size: int = Field(32, ge=28, le=224)
+    partitioner: Partitioner = "dirichlet"
+    alpha: float = Field(0.5, gt=0.0, le=1000.0, description="Dirichlet concentration")
+    classes_per_client: int = Field(2, ge=1, le=100, description="pathological partitioner")
+    fleet: list[FleetEntry] = Field(min_length=1, max_length=64)
+    rounds: int = Field(5, ge=1, le=MAX_ROUNDS)
+    fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    min_train_clients: int = Field(2, ge=1, le=MAX_CLIENTS)
+    strategy: StrategyName = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0.0, le=10.0, description="FedProx")
+    server_lr: float = Field(0.01, gt=0.0, le=10.0, description="FedAdam eta")
+    local_epochs: int = Field(1, ge=1, le=50)
+    local_steps: int | None = Field(None, ge=1, le=100_000, description="cap on local steps")
+    batch_size: int = Field(32, ge=1, le=1024)
+    lr: float = Field(0.05, gt=0.0, le=10.0)
+    compression: CompressionConfig = CompressionConfig()
+    policy: Policy = "fit"
+    pretrain_epochs: int = Field(2, ge=0, le=100, description="Setup-B pretraining on the server half")
+    samples_per_client: int | None = Field(None, ge=1, le=1_000_000, description="cap per client")
+    test_samples: int | None = Field(None, ge=1, le=1_000_000, description="cap on the test set")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @property
+    def num_clients(self) -> int:
+        return sum(entry.count for entry in self.fleet)
+
+    @model_validator(mode="after")
+    def _check_counts(self) -> ExperimentConfig:
+        if self.num_clients > MAX_CLIENTS:
+            raise ValueError(f"fleet: {self.num_clients} clients, at most {MAX_CLIENTS} allowed")
+        if self.min_train_clients > self.num_clients:
+            raise ValueError(
+                f"min_train_clients: {self.min_train_clients} exceeds the fleet's "
+                f"{self.num_clients} clients"
+            )
+        return self
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read an experiment from a YAML or JSON file and validate it.
+
+    Raises ``pydantic.ValidationError`` (field-level messages) or ``ValueError`` for unreadable
+    files; nothing is written.
+    """
+    text = Path(path).read_text()
+    data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of experiment fields at the top level")
+    return ExperimentConfig.model_validate(data)
