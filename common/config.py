@@ -26,6 +26,13 @@ Engine = Literal["simulation", "deployment"]
 
 MAX_CLIENTS = 2000
 MAX_ROUNDS = 500
+MIN_PARTITION_SIZE = 8
+# (number of classes, training-set size) per dataset: what partition-count checks need.
+DATASETS: dict[str, tuple[int, int]] = {
+    "fashion-mnist": (10, 60_000),
+    "cifar10": (10, 50_000),
+    "cifar100": (100, 50_000),
+}
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\- ]+$")]
 
 
@@ -39,7 +46,9 @@ class CompressionConfig(_Strict):
     """How a client keeps activations for backward (see ``common.compression``)."""
 
     method: Method = "hosvd"
-    last_k: int = Field(4, ge=1, le=64, description="number of trailing Conv2d/Linear layers fine-tuned")
+    last_k: int = Field(
+        4, ge=1, le=64, description="number of trailing Conv2d/Linear layers fine-tuned"
+    )
     eps: float = Field(0.8, gt=0.0, le=1.0, description="explained-variance threshold (svd, hosvd)")
     rank: int | None = Field(None, ge=1, le=4096, description="fixed rank per mode (asi, hosvd)")
     radius: Literal[2, 4, 7] = Field(2, description="patch radius R (gradfilter)")
@@ -50,6 +59,7 @@ class FleetEntry(_Strict):
 
     device: Name
     count: int = Field(ge=1, le=MAX_CLIENTS)
+    policy: Policy | None = Field(None, description="overrides the experiment's policy")
 
 
 class ExperimentConfig(_Strict):
@@ -66,6 +76,9 @@ class ExperimentConfig(_Strict):
     fleet: list[FleetEntry] = Field(min_length=1, max_length=64)
     rounds: int = Field(5, ge=1, le=MAX_ROUNDS)
     fraction_train: float = Field(1.0, gt=0.0, le=1.0)
+    fraction_evaluate: float = Field(
+        0.0, ge=0.0, le=1.0, description="fraction of clients evaluating on local data"
+    )
     min_train_clients: int = Field(2, ge=1, le=MAX_CLIENTS)
     strategy: StrategyName = "fedavg"
     proximal_mu: float = Field(0.01, ge=0.0, le=10.0, description="FedProx")
@@ -76,7 +89,9 @@ class ExperimentConfig(_Strict):
     lr: float = Field(0.05, gt=0.0, le=10.0)
     compression: CompressionConfig = CompressionConfig()
     policy: Policy = "fit"
-    pretrain_epochs: int = Field(2, ge=0, le=100, description="Setup-B pretraining on the server half")
+    pretrain_epochs: int = Field(
+        2, ge=0, le=100, description="Setup-B pretraining on the server half"
+    )
     samples_per_client: int | None = Field(None, ge=1, le=1_000_000, description="cap per client")
     test_samples: int | None = Field(None, ge=1, le=1_000_000, description="cap on the test set")
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -94,7 +109,23 @@ class ExperimentConfig(_Strict):
                 f"min_train_clients: {self.min_train_clients} exceeds the fleet's "
                 f"{self.num_clients} clients"
             )
+        num_classes, train_size = DATASETS[self.dataset]
+        partitions = train_size // 2 // MIN_PARTITION_SIZE  # Setup B fine-tunes on one half
+        if self.num_clients > partitions:
+            raise ValueError(
+                f"fleet: {self.num_clients} clients, but {self.dataset}'s fine-tuning half "
+                f"allows at most {partitions} partitions of {MIN_PARTITION_SIZE} samples"
+            )
+        if self.partitioner == "pathological" and self.classes_per_client > num_classes:
+            raise ValueError(
+                f"classes_per_client: {self.classes_per_client} exceeds the "
+                f"{num_classes} classes of {self.dataset}"
+            )
         return self
+
+    def policy_of(self, entry: FleetEntry) -> Policy:
+        """The policy a fleet entry's devices follow."""
+        return entry.policy or self.policy
 
 
 def load_config(path: str | Path) -> ExperimentConfig:

@@ -1,0 +1,142 @@
+"""The device catalogue: named edge-device profiles and fleet mixes (``deploy/devices.yaml``).
+
+A profile is what the emulation enforces (``ram_bytes``, the process/container limit), what the
+planner must fit (``budget_bytes``: activations kept for backward + gradients + optimizer state),
+and what the simulated clock charges: one round on device ``d`` takes
+
+    t = FLOPs / d.flops + 8 * bytes_down / d.downlink_bps + 8 * bytes_up / d.uplink_bps   seconds.
+
+Clients are given profiles deterministically: the experiment's fleet entries are expanded to one
+slot per device and shuffled with ``random.Random(seed)``; partition ``i`` gets slot ``i``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from functools import cache
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from common.config import ExperimentConfig, FleetEntry
+
+CATALOGUE_ENV = "EDGEFED_DEVICES"
+DEFAULT_CATALOGUE = Path(__file__).resolve().parents[1] / "deploy" / "devices.yaml"
+
+Bytes = Annotated[int, Field(gt=0)]
+Rate = Annotated[float, Field(gt=0.0)]
+
+
+class DeviceProfile(BaseModel):
+    """One kind of edge device."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = Field("", max_length=500)
+    ram_bytes: Bytes = Field(description="memory limit of the emulating process or container")
+    budget_bytes: Bytes = Field(description="training memory: activations + grads + optimizer")
+    flops: Rate = Field(description="sustained compute speed, FLOP/s")
+    uplink_bps: Rate
+    downlink_bps: Rate
+    availability: float = Field(ge=0.0, le=1.0, description="P(online in a round)")
+    cpus: float = Field(gt=0.0, le=64.0, description="CPU share of the emulating container")
+
+    def transfer_seconds(self, bytes_down: int, bytes_up: int) -> float:
+        """Seconds on the link: 8 * bytes / bandwidth, both directions."""
+        return 8.0 * bytes_down / self.downlink_bps + 8.0 * bytes_up / self.uplink_bps
+
+    def device_seconds(self, flops: float, bytes_down: int, bytes_up: int) -> float:
+        """Simulated time of a round on this device: compute plus transfer."""
+        return flops / self.flops + self.transfer_seconds(bytes_down, bytes_up)
+
+
+class Catalogue(BaseModel):
+    """All profiles plus named fleet mixes (profile name -> device count)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profiles: dict[str, DeviceProfile]
+    fleets: dict[str, dict[str, Annotated[int, Field(ge=1)]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_profiles(cls, data: dict) -> dict:
+        """Profiles are keyed by name in YAML; copy the key into each profile."""
+        profiles = data.get("profiles") if isinstance(data, dict) else None
+        if isinstance(profiles, dict):
+            data = {**data, "profiles": {
+                name: {"name": name, **body} if isinstance(body, dict) else body
+                for name, body in profiles.items()
+            }}
+        return data
+
+    @model_validator(mode="after")
+    def _check_fleets(self) -> Catalogue:
+        for fleet, mix in self.fleets.items():
+            for device in mix:
+                if device not in self.profiles:
+                    raise ValueError(f"fleets.{fleet}.{device}: unknown device profile")
+        return self
+
+    def profile(self, name: str) -> DeviceProfile:
+        """The profile called ``name``; ``KeyError`` listing the known names otherwise."""
+        try:
+            return self.profiles[name]
+        except KeyError:
+            raise KeyError(f"unknown device {name!r} (known: {', '.join(self.profiles)})") from None
+
+    def fleet(self, name: str) -> list[FleetEntry]:
+        """A named mix as experiment fleet entries."""
+        if name not in self.fleets:
+            raise KeyError(f"unknown fleet {name!r} (known: {', '.join(self.fleets)})")
+        return [FleetEntry(device=d, count=n) for d, n in self.fleets[name].items()]
+
+
+def catalogue_path(path: str | Path | None = None) -> Path:
+    """``path``, else ``$EDGEFED_DEVICES``, else the repository's ``deploy/devices.yaml``."""
+    return Path(path or os.environ.get(CATALOGUE_ENV) or DEFAULT_CATALOGUE)
+
+
+@cache
+def _load(path: Path) -> Catalogue:
+    return Catalogue.model_validate(yaml.safe_load(path.read_text()))
+
+
+def load_catalogue(path: str | Path | None = None) -> Catalogue:
+    """Read and validate the device catalogue (cached per path)."""
+    return _load(catalogue_path(path).resolve())
+
+
+class FleetError(ValueError):
+    """A fleet entry names something the catalogue does not have; ``field`` says which."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+
+
+def validate_fleet(config: ExperimentConfig, catalogue: Catalogue) -> None:
+    """Every fleet entry must name a catalogue profile; raises :class:`FleetError`."""
+    for i, entry in enumerate(config.fleet):
+        if entry.device not in catalogue.profiles:
+            raise FleetError(
+                f"fleet[{i}].device",
+                f"unknown device {entry.device!r} (known: {', '.join(catalogue.profiles)})",
+            )
+
+
+def assign_entries(config: ExperimentConfig) -> list[FleetEntry]:
+    """Partition id -> fleet entry: entries expanded per device, shuffled by the seed."""
+    slots = [entry for entry in config.fleet for _ in range(entry.count)]
+    random.Random(config.seed).shuffle(slots)
+    return slots
+
+
+def assign_devices(config: ExperimentConfig, catalogue: Catalogue) -> list[DeviceProfile]:
+    """Partition id -> device profile, deterministic from ``config.seed``."""
+    validate_fleet(config, catalogue)
+    return [catalogue.profiles[entry.device] for entry in assign_entries(config)]
