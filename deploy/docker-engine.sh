@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Start a Docker engine when none answers, and stop it later only if this script started it.
+#
+#   deploy/docker-engine.sh start   # no-op when `docker info` already answers
+#   deploy/docker-engine.sh stop    # stops the dockerd that `start` launched (by pid), else nothing
+#   deploy/docker-engine.sh status
+#
+# The engine runs with --storage-driver=vfs and --iptables=false (what works on machines without
+# overlay mounts or netfilter, see README "Containers"); override with EDGEFED_DOCKERD_ARGS.
+# State (pid file, log, the "we started it" marker) lives in EDGEFED_DOCKER_STATE.
+set -euo pipefail
+
+state=${EDGEFED_DOCKER_STATE:-/tmp/edgefed-dockerd}
+dockerd_args=${EDGEFED_DOCKERD_ARGS:---storage-driver=vfs --iptables=false}
+wait_s=${EDGEFED_DOCKER_WAIT:-90}
+pidfile=$state/dockerd.pid
+log=$state/dockerd.log
+marker=$state/started-by-edgefed
+
+answers() { timeout 10 docker info >/dev/null 2>&1; }
+
+start() {
+    if answers; then
+        echo "docker-engine: an engine already answers; leaving it alone"
+        return 0
+    fi
+    command -v dockerd >/dev/null || { echo "docker-engine: dockerd not installed" >&2; exit 1; }
+    [ "$(id -u)" = 0 ] || { echo "docker-engine: starting dockerd needs root" >&2; exit 1; }
+    mkdir -p "$state"
+    # shellcheck disable=SC2086  # dockerd_args is a list of flags
+    setsid dockerd $dockerd_args --pidfile "$pidfile" >"$log" 2>&1 </dev/null &
+    echo $! >"$marker"
+    local waited=0
+    until answers; do
+        if ! kill -0 "$(cat "$marker")" 2>/dev/null; then
+            echo "docker-engine: dockerd exited; last log lines:" >&2
+            tail -n 20 "$log" >&2
+            rm -f "$marker"
+            exit 1
+        fi
+        if [ "$waited" -ge "$wait_s" ]; then
+            echo "docker-engine: no answer after ${wait_s}s; stopping it (log: $log)" >&2
+            stop
+            exit 1
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
+    echo "docker-engine: dockerd pid $(cat "$marker") answers (log: $log)"
+}
+
+stop() {
+    if [ ! -f "$marker" ]; then
+        echo "docker-engine: not started by this script; leaving it alone"
+        return 0
+    fi
+    local pid
+    pid=$(cat "$marker")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid"
+        for _ in $(seq 1 30); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "docker-engine: dockerd $pid ignored TERM for 30s; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    rm -f "$marker"
+    echo "docker-engine: dockerd $pid stopped"
+}
+
+status() {
+    if answers; then echo "answers"; else echo "down"; fi
+    [ -f "$marker" ] && echo "started by this script: pid $(cat "$marker")"
+    return 0
+}
+
+case ${1:-} in
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
+    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac
