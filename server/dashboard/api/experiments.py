@@ -1,0 +1,80 @@
+"""Experiments: create (validated before anything is stored), list, get, delete, launch, attach."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query, Response
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from common.config import ExperimentConfig
+from server.dashboard.deps import PROBLEMS, Admin, ExperimentId, ServicesDep, SessionDep
+from server.dashboard.models import Experiment
+from server.dashboard.queries import experiment_out, get_experiment, get_run
+from server.dashboard.schemas import AttachedRun, ExperimentOut, LaunchRequest, RunOut
+from server.dashboard.validation import checked_config
+
+router = APIRouter(prefix="/api/experiments", tags=["experiments"], responses=PROBLEMS)
+CheckedConfig = Annotated[ExperimentConfig, Depends(checked_config)]
+Launch = Annotated[LaunchRequest | None, Body()]
+
+
+@router.get("")
+def list_experiments(
+    session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+) -> list[ExperimentOut]:
+    query = (select(Experiment).options(selectinload(Experiment.runs))
+             .order_by(Experiment.id.desc()).limit(limit).offset(offset))
+    return [experiment_out(e) for e in session.scalars(query)]
+
+
+@router.post("", status_code=201, dependencies=Admin)
+def create_experiment(config: CheckedConfig, services: ServicesDep) -> ExperimentOut:
+    experiment_id = services.runlog.create_experiment(config)
+    with services.db.read() as session:
+        return experiment_out(get_experiment(session, experiment_id))
+
+
+@router.post("/validate")
+def validate_experiment(config: CheckedConfig) -> ExperimentConfig:
+    """Check a config without storing it: 200 with the config as it would run, or 422."""
+    return config
+
+
+@router.get("/{experiment_id}")
+def read_experiment(experiment_id: ExperimentId, session: SessionDep) -> ExperimentOut:
+    return experiment_out(get_experiment(session, experiment_id))
+
+
+@router.delete("/{experiment_id}", status_code=204, dependencies=Admin)
+def delete_experiment(experiment_id: ExperimentId, services: ServicesDep) -> Response:
+    """Delete an experiment with all its runs' data; 409 while one of its runs is active."""
+    services.runlog.delete_experiment(experiment_id)
+    return Response(status_code=204)
+
+
+@router.post("/{experiment_id}/launch", status_code=202, dependencies=Admin)
+def launch_experiment(
+    experiment_id: ExperimentId, services: ServicesDep, request: Launch = None
+) -> RunOut:
+    """Queue a run; the runner starts ``edgefed run`` when a slot is free."""
+    engine = (request or LaunchRequest()).engine
+    run_id, token = services.runlog.create_run(experiment_id, engine, external=False)
+    services.runner.submit(run_id, token)
+    with services.db.read() as session:
+        return RunOut.model_validate(get_run(session, run_id))
+
+
+@router.post("/{experiment_id}/attach", status_code=201, dependencies=Admin)
+def attach_run(
+    experiment_id: ExperimentId, services: ServicesDep, request: Launch = None
+) -> AttachedRun:
+    """A run that an outside process feeds (``edgefed run ... --report-url --report-token``)."""
+    engine = (request or LaunchRequest()).engine
+    run_id, token = services.runlog.create_run(experiment_id, engine, external=True)
+    with services.db.read() as session:
+        run = RunOut.model_validate(get_run(session, run_id))
+    report_url = f"{services.settings.base_url}/api/runs/{run_id}/events"
+    return AttachedRun(run=run, report_url=report_url, report_token=token)

@@ -1,0 +1,49 @@
+"""Server facts, the device catalogue (for the form's device-mix editor), run comparison."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, get_args
+
+from fastapi import APIRouter, Query
+from pydantic import StringConstraints
+
+from common.config import Engine
+from common.devices import load_catalogue
+from server.dashboard.deps import PROBLEMS, ServicesDep, SessionDep
+from server.dashboard.queries import compare
+from server.dashboard.schemas import RUN_ID_PATTERN, Catalogue, Comparison, Info, MemoryMetric
+
+router = APIRouter(prefix="/api", tags=["meta"], responses=PROBLEMS)
+RunIdText = Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)]
+
+
+def _version() -> str:
+    try:
+        return version("edgefed")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@router.get("/info")
+def info(services: ServicesDep) -> Info:
+    return Info(version=_version(), auth_required=services.settings.token is not None,
+                max_concurrent_runs=services.settings.max_concurrent_runs,
+                engines=list(get_args(Engine)))
+
+
+@router.get("/devices")
+def devices() -> Catalogue:
+    catalogue = load_catalogue()
+    return Catalogue(profiles=list(catalogue.profiles.values()), fleets=catalogue.fleets)
+
+
+@router.get("/compare")
+def compare_runs(
+    session: SessionDep,
+    run: Annotated[list[RunIdText] | None,
+                   Query(max_length=50, description="run ids; none: the latest 200 runs")] = None,
+    memory: MemoryMetric = "peak",
+) -> Comparison:
+    """Runs side by side; ``pareto`` marks the memory-vs-final-accuracy front."""
+    return Comparison(memory=memory, runs=compare(session, run or [], memory))

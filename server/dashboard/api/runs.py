@@ -1,0 +1,100 @@
+"""Runs: list, detail, rounds, per-client rows, cancel, and event ingestion from the ServerApp."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi.exceptions import RequestValidationError
+
+from common.events import ClientResult, Event, RoundResult, RunStatus
+from server.dashboard.db import Database
+from server.dashboard.deps import (
+    PROBLEMS,
+    Admin,
+    RunId,
+    ServicesDep,
+    SessionDep,
+    require_run_token,
+)
+from server.dashboard.queries import clients_of, get_run, list_runs, rounds_of, run_detail
+from server.dashboard.schemas import Accepted, RunDetail, RunOut
+from server.dashboard.store import Conflict, row_to_client, row_to_round
+from server.dashboard.validation import invalid, storable_errors
+
+router = APIRouter(prefix="/api/runs", tags=["runs"], responses=PROBLEMS)
+Round = Annotated[int | None, Query(ge=0, le=2**31)]
+
+
+@router.get("")
+def read_runs(
+    session: SessionDep, status: RunStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
+) -> list[RunOut]:
+    return [RunOut.model_validate(run) for run in list_runs(session, limit, offset, status)]
+
+
+@lru_cache(maxsize=64)
+def _detail_json(db: Database, run_id: str, version: tuple) -> bytes:
+    """The run's full detail, serialised once per version of the run (cheap for many readers)."""
+    with db.read() as session:
+        return run_detail(session, run_id).model_dump_json().encode()
+
+
+@router.get("/{run_id}", response_model=RunDetail)
+def read_run(
+    run_id: RunId, services: ServicesDep, session: SessionDep,
+    if_none_match: Annotated[str | None, Header(max_length=200)] = None,
+) -> Response:
+    """Status, config, per-round global metrics and every per-client row, with an ETag."""
+    run = get_run(session, run_id)
+    version = (run.last_event_id, run.status, run.exit_code)
+    etag = '"{}-{}-{}"'.format(run_id, *version)
+    if if_none_match == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    body = _detail_json(services.db, run_id, version)
+    return Response(body, media_type="application/json", headers={"ETag": etag})
+
+
+@router.get("/{run_id}/rounds")
+def read_rounds(run_id: RunId, session: SessionDep) -> list[RoundResult]:
+    get_run(session, run_id)
+    return [row_to_round(row) for row in rounds_of(session, run_id)]
+
+
+@router.get("/{run_id}/clients")
+def read_clients(
+    run_id: RunId, session: SessionDep, round: Round = None,
+    phase: Literal["train", "evaluate"] | None = None,
+) -> list[ClientResult]:
+    get_run(session, run_id)
+    return [row_to_client(row) for row in clients_of(session, run_id, round, phase)]
+
+
+@router.post("/{run_id}/cancel", status_code=202, dependencies=Admin)
+def cancel_run(run_id: RunId, services: ServicesDep) -> RunOut:
+    """Stop a run: SIGTERM to its process group, SIGKILL after the timeout; 409 if it ended."""
+    with services.db.read() as session:
+        if not get_run(session, run_id).active:
+            raise Conflict(f"run {run_id} has already ended")
+    if not services.runner.cancel(run_id):
+        services.runlog.set_state(run_id, "cancelled", "cancelled by user")
+    with services.db.read() as session:
+        return RunOut.model_validate(get_run(session, run_id))
+
+
+@router.post("/{run_id}/events", status_code=201, dependencies=[Depends(require_run_token)])
+def ingest_event(run_id: RunId, event: Event, services: ServicesDep) -> Accepted:
+    """One event from the run's ServerApp; committed before this replies."""
+    if event.run_id != run_id:
+        raise invalid(("run_id",), f"run_id: {event.run_id!r} does not match the URL's {run_id!r}",
+                      event.run_id)
+    if sum(part is not None for part in (event.client, event.round, event.state)) != 1:
+        raise invalid((), "exactly one of client, round, state must be set")
+    errors = storable_errors(event.model_dump(), unsigned=frozenset({("client", "node_id")}))
+    if errors:
+        raise RequestValidationError(errors)
+    return Accepted(event_id=services.runlog.ingest(run_id, event))
+

@@ -1,0 +1,128 @@
+"""Read side: ORM rows to API models, run detail, comparison summaries."""
+
+from __future__ import annotations
+
+from statistics import fmean
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from common.config import ExperimentConfig
+from server.dashboard.models import ClientRow, Experiment, RoundRow, Run
+from server.dashboard.schemas import (
+    ExperimentOut,
+    MemoryMetric,
+    RunDetail,
+    RunOut,
+    RunSummary,
+)
+from server.dashboard.store import NotFound, row_to_client, row_to_round
+
+
+def config_of(experiment: Experiment) -> ExperimentConfig:
+    return ExperimentConfig.model_validate_json(experiment.config_json)
+
+
+def experiment_out(experiment: Experiment) -> ExperimentOut:
+    return ExperimentOut(
+        id=experiment.id, name=experiment.name, created_at=experiment.created_at,
+        config=config_of(experiment),
+        runs=[RunOut.model_validate(run) for run in experiment.runs],
+    )
+
+
+def get_experiment(session: Session, experiment_id: int) -> Experiment:
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None:
+        raise NotFound(f"experiment {experiment_id} not found")
+    return experiment
+
+
+def get_run(session: Session, run_id: str) -> Run:
+    run = session.get(Run, run_id, options=[selectinload(Run.experiment)])
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
+
+
+def list_runs(session: Session, limit: int, offset: int, status: str | None = None) -> list[Run]:
+    query = select(Run).options(selectinload(Run.experiment)).order_by(Run.created_at.desc())
+    if status is not None:
+        query = query.where(Run.status == status)
+    return list(session.scalars(query.limit(limit).offset(offset)))
+
+
+def rounds_of(session: Session, run_id: str) -> list[RoundRow]:
+    query = select(RoundRow).where(RoundRow.run_id == run_id).order_by(RoundRow.round)
+    return list(session.scalars(query))
+
+
+def clients_of(session: Session, run_id: str, round: int | None = None,
+               phase: str | None = None) -> list[ClientRow]:
+    query = select(ClientRow).where(ClientRow.run_id == run_id)
+    if round is not None:
+        query = query.where(ClientRow.round == round)
+    if phase is not None:
+        query = query.where(ClientRow.phase == phase)
+    return list(session.scalars(query.order_by(ClientRow.round, ClientRow.partition_id)))
+
+
+def run_detail(session: Session, run_id: str) -> RunDetail:
+    run = get_run(session, run_id)
+    return RunDetail(
+        run=RunOut.model_validate(run), config=config_of(run.experiment),
+        rounds=[row_to_round(row) for row in rounds_of(session, run_id)],
+        clients=[row_to_client(row) for row in clients_of(session, run_id)],
+    )
+
+
+def _mean(values: list) -> float | None:
+    present = [v for v in values if v is not None]
+    return fmean(present) if present else None
+
+
+def summarize(session: Session, run: Run, memory: MemoryMetric) -> RunSummary:
+    config = config_of(run.experiment)
+    rounds = rounds_of(session, run.id)
+    clients = clients_of(session, run.id, phase="train")
+    ok = [c for c in clients if c.status == "ok"]
+    counts = {status: sum(c.status == status for c in clients)
+              for status in ("ok", "oom", "dropped", "error")}
+    means = {f"{m}_bytes_mean": _mean([getattr(c, f"{m}_bytes") for c in ok])
+             for m in ("peak", "activation", "compressed", "total")}
+    peaks = [c.peak_bytes for c in ok if c.peak_bytes is not None]
+    return RunSummary(
+        run_id=run.id, experiment_id=run.experiment_id, experiment_name=run.experiment.name,
+        status=run.status, method=config.compression.method, policy=config.policy,
+        rounds_done=max((r.round for r in rounds), default=0),
+        initial_accuracy=next((r.accuracy for r in rounds if r.round == 0), None),
+        final_accuracy=rounds[-1].accuracy if rounds else None,
+        best_accuracy=max((r.accuracy for r in rounds), default=None),
+        peak_bytes_max=max(peaks, default=None), **means,
+        num_ok=counts["ok"], num_oom=counts["oom"], num_dropped=counts["dropped"],
+        num_error=counts["error"], memory_bytes=means[f"{memory}_bytes_mean"], pareto=False,
+    )
+
+
+def mark_pareto(summaries: list[RunSummary]) -> list[RunSummary]:
+    """A run is on the front when no other run has memory <= and accuracy >= with one strict."""
+    points = [(s.memory_bytes, s.final_accuracy) for s in summaries]
+
+    def dominated(m: float, a: float) -> bool:
+        return any(
+            om is not None and oa is not None and om <= m and oa >= a and (om < m or oa > a)
+            for om, oa in points
+        )
+
+    return [
+        s.model_copy(update={"pareto": m is not None and a is not None and not dominated(m, a)})
+        for s, (m, a) in zip(summaries, points, strict=True)
+    ]
+
+
+def compare(session: Session, run_ids: list[str], memory: MemoryMetric) -> list[RunSummary]:
+    if run_ids:
+        runs = [get_run(session, run_id) for run_id in dict.fromkeys(run_ids)]
+    else:
+        runs = list_runs(session, limit=200, offset=0)
+    return mark_pareto([summarize(session, run, memory) for run in runs])

@@ -1,0 +1,70 @@
+"""422 replies that name the field: catalogue checks, model-level checks, storable numbers.
+
+Pydantic reports a model-level check (``min_train_clients: 9 exceeds ...``) at the model's own
+location; :func:`locate` moves it onto the field the message starts with, so the form can show
+it beside that field. Numbers the schema leaves unbounded are checked against what the database
+can hold (64-bit integers, finite floats) before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+
+from common.config import ExperimentConfig
+from common.devices import FleetError, load_catalogue, validate_fleet
+
+_FIELD = re.compile(r"^(?:Value error, )?([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
+_PART = re.compile(r"([a-z_]+)|\[(\d+)\]")
+INT64 = 2**63
+
+
+def field_loc(path: str) -> tuple[str | int, ...]:
+    """``"fleet[0].device"`` -> ``("fleet", 0, "device")``."""
+    return tuple(int(index) if index else name for name, index in _PART.findall(path))
+
+
+def locate(error: dict) -> dict:
+    """Append the field a model-level message names to the error's location."""
+    match = _FIELD.match(str(error.get("msg", "")))
+    if error.get("type") != "value_error" or match is None:
+        return error
+    loc, field = tuple(error["loc"]), field_loc(match.group(1))
+    return error if loc[-len(field):] == field else {**error, "loc": (*loc, *field)}
+
+
+def invalid(loc: tuple, msg: str, value: Any = None) -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": msg,
+                                    "input": value}])
+
+
+def checked_config(config: ExperimentConfig) -> ExperimentConfig:
+    """Schema-valid config whose fleet also names only catalogue devices."""
+    try:
+        validate_fleet(config, load_catalogue())
+    except FleetError as error:
+        raise invalid(field_loc(error.field), str(error)) from None
+    return config
+
+
+def storable_errors(value: Any, loc: tuple = ("body",), unsigned: frozenset = frozenset()
+                    ) -> list[dict]:
+    """Integers outside int64 (uint64 for the paths in ``unsigned``) and non-finite floats."""
+    if isinstance(value, dict):
+        return [e for key, item in value.items()
+                for e in storable_errors(item, (*loc, key), unsigned)]
+    if isinstance(value, list):
+        return [e for i, item in enumerate(value)
+                for e in storable_errors(item, (*loc, i), unsigned)]
+    bad = None
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, int):
+        low, high = (0, 2**64) if loc[1:] in unsigned else (-INT64, INT64)
+        bad = None if low <= value < high else f"integer out of range [{low}, {high})"
+    elif isinstance(value, float) and not math.isfinite(value):
+        bad = "must be a finite number"
+    return [] if bad is None else [{"type": "value_error", "loc": loc, "msg": bad, "input": value}]
