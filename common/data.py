@@ -1,0 +1,368 @@
+"""Datasets and their federated partitions.
+
+Images come back as float tensors ``(N, C, S, S)``, normalised per channel,
+x' = (x / 255 - mean_c) / std_c, at the requested side ``S``: sizes up to 4 px above the native
+side are zero-padded (Fashion-MNIST 28 -> 32 pads 2 px of black on each side, as LeNet did), any
+other size is resized bilinearly (antialiased when shrinking). Decoded arrays and finished
+tensors are cached per process, so 20 simulated clients share one copy.
+
+Sources, in order: the folder passed as ``root``; the system copy (Debian's
+``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``); the download cache
+``$EDGEFED_CACHE`` (default ``~/.cache/edgefed``), downloaded from the official URLs on first use.
+
+Partitions use flwr-datasets partitioners on a ``datasets.Dataset`` holding just the ``index``
+and ``label`` columns, and are mapped back to index arrays into the in-memory tensors. Setup B
+(the paper's federated-style split) first halves the training set non-IID by class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    PathologicalPartitioner,
+)
+from torch.utils.data import TensorDataset
+
+CACHE_ENV = "EDGEFED_CACHE"
+MAX_TENSOR_BYTES = 8 * 2**30
+PAD_LIMIT = 4
+CHUNK = 4096
+PARTITIONERS = ("iid", "dirichlet", "pathological")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a model needs to know about a dataset, plus where its files come from."""
+
+    name: str
+    num_classes: int
+    channels: int
+    side: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    urls: tuple[str, ...]
+    system_root: str | None = None
+
+
+_FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_FMNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+SPECS = {
+    "fashion-mnist": DatasetSpec(
+        "fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,),
+        tuple(_FMNIST_URL + f for f in _FMNIST_FILES), "/usr/share/datasets/fashion-mnist",
+    ),
+    "cifar10": DatasetSpec(
+        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+        ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+    ),
+    "cifar100": DatasetSpec(
+        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+        ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
+    ),
+}
+_CIFAR_FILES = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                b"labels"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
+}
+
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def cache_dir() -> Path:
+    """The download/checkpoint cache: ``$EDGEFED_CACHE`` or ``~/.cache/edgefed``."""
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "edgefed"))
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The spec of dataset ``name``; ``ValueError`` naming ``dataset`` if unknown."""
+    if name not in SPECS:
+        raise ValueError(f"dataset: unknown dataset {name!r}, expected one of {', '.join(SPECS)}")
+    return SPECS[name]
+
+
+# ---------------------------------------------------------------------------- file formats
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Decode an IDX file (gzip or plain): big-endian magic ``0x0000 dtype ndim``, then
+    ``ndim`` big-endian int32 sizes, then the uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    magic = int.from_bytes(raw[:4], "big")
+    if magic >> 8 != 0x08:
+        raise ValueError(f"{path}: not a uint8 IDX file (magic {magic:#010x})")
+    ndim = magic & 0xFF
+    shape = tuple(np.frombuffer(raw, ">i4", count=ndim, offset=4))
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
+
+
+def _idx_file(folder: Path, name: str) -> Path:
+    for candidate in (folder / name, folder / name.removesuffix(".gz")):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"root: {folder} has no {name} (nor its uncompressed form)")
+
+
+def find_files(spec: DatasetSpec, folder: Path) -> list[Path]:
+    """The dataset's files in ``folder``, train files first.
+
+    ``FileNotFoundError`` naming the folder and the first missing file.
+    """
+    if spec.name == "fashion-mnist":
+        return [_idx_file(folder, name) for name in _FMNIST_FILES]
+    subdir, train_files, test_files, _ = _CIFAR_FILES[spec.name]
+    base = folder / subdir if (folder / subdir).is_dir() else folder
+    paths = [base / name for name in train_files + test_files]
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"root: {base} has no {path.name} (python pickle batch)")
+    return paths
+
+
+def _read_cifar_batches(paths: list[Path], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for path in paths:
+        with path.open("rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], np.int64))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _read(spec: DatasetSpec, paths: list[Path]) -> Arrays:
+    if spec.name == "fashion-mnist":
+        train_x, train_y, test_x, test_y = (read_idx(path) for path in paths)
+        return train_x[:, None], train_y, test_x[:, None], test_y
+    _, train_files, _, label_key = _CIFAR_FILES[spec.name]
+    split = len(train_files)
+    return (
+        *_read_cifar_batches(paths[:split], label_key),
+        *_read_cifar_batches(paths[split:], label_key),
+    )
+
+
+def _download(spec: DatasetSpec, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for url in spec.urls:
+        target = folder / url.rsplit("/", 1)[1]
+        partial = target.with_suffix(target.suffix + ".part")
+        try:
+            urllib.request.urlretrieve(url, partial)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(
+                f"dataset: could not download {spec.name} from {url} into {folder} ({error}); "
+                f"put the files there yourself or pass root=<folder with the files>"
+            ) from error
+        partial.rename(target)
+        if target.name.endswith(".tar.gz"):
+            with tarfile.open(target) as archive:
+                archive.extractall(folder, filter="data")
+
+
+def _locate(spec: DatasetSpec, root: str | None) -> list[Path]:
+    if root is not None:
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"root: {folder} is not a directory")
+        return find_files(spec, folder)
+    cache = cache_dir() / "data" / spec.name
+    system = Path(spec.system_root) if spec.system_root else None
+    for folder in filter(None, (system, cache)):
+        with contextlib.suppress(FileNotFoundError):
+            return find_files(spec, folder)
+    _download(spec, cache)
+    return find_files(spec, cache)
+
+
+@lru_cache(maxsize=4)
+def read_raw(name: str, root: str | None = None) -> Arrays:
+    """Decoded uint8 images ``(N, C, h, w)`` and int64 labels: train_x, train_y, test_x, test_y.
+
+    ``root`` is used alone when given (``FileNotFoundError`` naming it if files are missing);
+    otherwise the system copy, then the cache, then a download into the cache.
+    """
+    spec = dataset_spec(name)
+    train_x, train_y, test_x, test_y = _read(spec, _locate(spec, root))
+    return train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64)
+
+
+# ------------------------------------------------------------------------------ tensors
+
+
+def to_tensor(
+    images: np.ndarray, spec: DatasetSpec, image_size: int, channels: int | None = None
+) -> torch.Tensor:
+    """uint8 ``(N, C, h, w)`` -> normalised float32 ``(N, channels, image_size, image_size)``.
+
+    Padding or bilinear resizing as in the module docstring; one grey channel may be repeated to
+    3 (``channels=3``) for RGB models. Works in chunks so no float copy of the full-size array is
+    made besides the result.
+    """
+    channels = spec.channels if channels is None else channels
+    if channels != spec.channels and not (spec.channels == 1 and channels == 3):
+        raise ValueError(
+            f"channels: {spec.name} has {spec.channels} channel(s); only 1 -> 3 is converted"
+        )
+    count, side = len(images), images.shape[-1]
+    needed = count * channels * image_size**2 * 4
+    if needed > MAX_TENSOR_BYTES:
+        raise ValueError(
+            f"image_size: {count} images at {image_size} px need {needed / 2**30:.1f} GiB "
+            f"(limit {MAX_TENSOR_BYTES / 2**30:.0f} GiB); use a smaller image_size"
+        )
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    out = torch.empty(count, channels, image_size, image_size)
+    grow = image_size - side
+    for start in range(0, count, CHUNK):
+        x = torch.from_numpy(images[start : start + CHUNK]).float().div_(255)
+        if 0 < grow <= PAD_LIMIT and grow % 2 == 0:
+            x = F.pad(x, [grow // 2] * 4)
+        elif grow != 0:
+            x = F.interpolate(
+                x, size=(image_size, image_size), mode="bilinear", align_corners=False,
+                antialias=grow < 0,
+            )
+        out[start : start + CHUNK] = (x - mean) / std
+    return out
+
+
+@lru_cache(maxsize=4)
+def load_dataset(
+    name: str, image_size: int = 32, root: str | None = None, channels: int | None = None
+) -> tuple[TensorDataset, TensorDataset]:
+    """Train and test sets as ``TensorDataset(images, labels)`` (cached per arguments).
+
+    ``channels`` defaults to the dataset's own (1 for Fashion-MNIST, 3 for CIFAR).
+    """
+    if image_size < 1:
+        raise ValueError(f"image_size: must be positive, got {image_size}")
+    spec = dataset_spec(name)
+    train_x, train_y, test_x, test_y = read_raw(name, None if root is None else str(root))
+    return (
+        TensorDataset(to_tensor(train_x, spec, image_size, channels), torch.from_numpy(train_y)),
+        TensorDataset(to_tensor(test_x, spec, image_size, channels), torch.from_numpy(test_y)),
+    )
+
+
+def labels_of(dataset: TensorDataset) -> np.ndarray:
+    """The label column of a dataset from :func:`load_dataset`, as a numpy array."""
+    return dataset.tensors[1].numpy()
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def setup_b_split(
+    labels: np.ndarray, seed: int = 0, majority: float = 0.8
+) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's Setup B: halve a training set non-IID by class.
+
+    With classes sorted and split into a lower and an upper half (0-4 and 5-9 for 10 classes),
+    the server half takes a ``majority`` share of each lower class and ``1 - majority`` of each
+    upper class; the client half takes the rest. Each class is shuffled with ``seed`` first, so
+    the split is deterministic. Returns sorted (server_idx, client_idx).
+    """
+    if not 0.0 <= majority <= 1.0:
+        raise ValueError(f"majority: must be in [0, 1], got {majority}")
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    server, client = [], []
+    for rank, label in enumerate(classes):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        share = majority if rank < len(classes) // 2 else 1.0 - majority
+        cut = int(round(share * len(members)))
+        server.append(members[:cut])
+        client.append(members[cut:])
+    return np.sort(np.concatenate(server)), np.sort(np.concatenate(client))
+
+
+def partition(
+    labels: np.ndarray,
+    num_partitions: int,
+    partitioner: str = "iid",
+    alpha: float = 0.5,
+    classes_per_partition: int = 2,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Split positions ``0..len(labels)-1`` into ``num_partitions`` index arrays.
+
+    ``iid``: shuffled equal shards (flwr ``IidPartitioner`` on a seeded shuffle);
+    ``dirichlet``: per class, shares q ~ Dir(alpha) over partitions (``DirichletPartitioner``,
+    every partition gets at least min(10, N / num_partitions) samples);
+    ``pathological``: each partition holds ``classes_per_partition`` classes
+    (``PathologicalPartitioner``, first-deterministic assignment, then random).
+    Indices are positions into ``labels``; map them through your own index array when
+    ``labels`` is a subset (e.g. the Setup-B client half).
+    """
+    labels = np.asarray(labels)
+    if partitioner not in PARTITIONERS:
+        raise ValueError(
+            f"partitioner: unknown {partitioner!r}, expected one of {', '.join(PARTITIONERS)}"
+        )
+    if not 1 <= num_partitions <= len(labels):
+        raise ValueError(
+            f"num_partitions: must be between 1 and the {len(labels)} samples, got {num_partitions}"
+        )
+    table = datasets.Dataset.from_dict({"index": np.arange(len(labels)), "label": labels})
+    if partitioner == "iid":
+        splitter = IidPartitioner(num_partitions)
+        table = table.shuffle(seed=seed)
+    elif partitioner == "dirichlet":
+        if alpha <= 0:
+            raise ValueError(f"alpha: must be positive, got {alpha}")
+        splitter = DirichletPartitioner(
+            num_partitions, "label", alpha,
+            min_partition_size=min(10, len(labels) // num_partitions), seed=seed,
+        )
+    else:
+        num_classes = len(np.unique(labels))
+        if not 1 <= classes_per_partition <= num_classes:
+            raise ValueError(
+                f"classes_per_partition: must be between 1 and the {num_classes} classes, "
+                f"got {classes_per_partition}"
+            )
+        splitter = PathologicalPartitioner(
+            num_partitions, "label", classes_per_partition,
+            class_assignment_mode="first-deterministic", seed=seed,
+        )
+    splitter.dataset = table
+    return [
+        splitter.load_partition(i).with_format("arrow")[:]["index"].to_numpy().astype(np.int64)
+        for i in range(num_partitions)
+    ]
+
+
+def subsample(indices: np.ndarray, max_samples: int | None, seed: int = 0) -> np.ndarray:
+    """At most ``max_samples`` of ``indices``, chosen uniformly with ``seed`` (sorted)."""
+    indices = np.asarray(indices)
+    if max_samples is None or len(indices) <= max_samples:
+        return indices
+    if max_samples < 1:
+        raise ValueError(f"max_samples: must be at least 1, got {max_samples}")
+    chosen = np.random.default_rng(seed).choice(len(indices), max_samples, replace=False)
+    return indices[np.sort(chosen)]

@@ -1,0 +1,170 @@
+"""Datasets (system Fashion-MNIST, IDX/CIFAR files from a folder, download) and partitions."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common import data
+
+FMNIST = data.SPECS["fashion-mnist"]
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape
+    )
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def _fake_fashion_mnist(folder: Path, n_train: int = 40, n_test: int = 10) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (n_train, 28, 28))
+    for name, array in zip(
+        data._FMNIST_FILES,
+        [train, np.arange(n_train) % 10, rng.integers(0, 256, (n_test, 28, 28)),
+         np.arange(n_test) % 10],
+        strict=True,
+    ):
+        _write_idx(folder / name, array)
+    return train
+
+
+def _fake_cifar10(folder: Path) -> None:
+    batches = folder / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        batch = {b"data": np.full((4, 3072), i, np.uint8), b"labels": [i, i, 9, 0]}
+        with (batches / name).open("wb") as handle:
+            pickle.dump(batch, handle)
+
+
+def test_system_fashion_mnist_padded_and_cached() -> None:
+    train, test = data.load_dataset("fashion-mnist", 32)
+    images, labels = train.tensors
+    assert images.shape == (60000, 1, 32, 32) and images.dtype == torch.float32
+    assert len(test) == 10000 and labels.dtype == torch.int64
+    assert set(np.unique(data.labels_of(train))) == set(range(10))
+    black = (0.0 - FMNIST.mean[0]) / FMNIST.std[0]
+    assert torch.allclose(images[:100, :, :2, :], torch.tensor(black))  # the 2 px zero padding
+    raw = data.read_raw("fashion-mnist")[0][:100]
+    inner = torch.from_numpy(raw).float() / 255
+    assert torch.allclose(images[:100, :, 2:30, 2:30], (inner - FMNIST.mean[0]) / FMNIST.std[0])
+    assert data.load_dataset("fashion-mnist", 32) == (train, test)  # in-process cache
+
+
+@pytest.mark.parametrize(("size", "channels"), [(28, 1), (64, 1), (24, 3)])
+def test_resize_native_and_channels(size: int, channels: int) -> None:
+    raw = data.read_raw("fashion-mnist")[0][:8]
+    out = data.to_tensor(raw, FMNIST, size, channels)
+    assert out.shape == (8, channels, size, size)
+    if size == 28:
+        assert torch.allclose(out * FMNIST.std[0] + FMNIST.mean[0], torch.from_numpy(raw) / 255)
+    if channels == 3:
+        assert torch.equal(out[:, 0], out[:, 2])
+
+
+def test_channel_conversion_refused() -> None:
+    with pytest.raises(ValueError, match="channels"):
+        data.to_tensor(np.zeros((1, 3, 32, 32), np.uint8), data.SPECS["cifar10"], 32, 1)
+
+
+def test_fashion_mnist_from_a_folder(tmp_path: Path) -> None:
+    train_images = _fake_fashion_mnist(tmp_path)
+    train, test = data.load_dataset("fashion-mnist", 28, root=str(tmp_path))
+    assert len(train) == 40 and len(test) == 10
+    assert torch.allclose(
+        train.tensors[0][:, 0] * FMNIST.std[0] + FMNIST.mean[0],
+        torch.from_numpy(train_images).float() / 255,
+    )
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    data.read_raw.cache_clear()
+    with pytest.raises(FileNotFoundError, match=f"root: {tmp_path}.*t10k-labels"):
+        data.read_raw("fashion-mnist", str(tmp_path))
+
+
+def test_cifar10_from_a_folder(tmp_path: Path) -> None:
+    _fake_cifar10(tmp_path)
+    train, test = data.load_dataset("cifar10", 32, root=str(tmp_path))
+    assert train.tensors[0].shape == (20, 3, 32, 32)
+    assert data.labels_of(test).tolist() == [5, 5, 9, 0]
+    expected = (4 / 255 - data.SPECS["cifar10"].mean[0]) / data.SPECS["cifar10"].std[0]
+    assert torch.allclose(train.tensors[0][-1, 0], torch.tensor(expected))
+
+
+def test_download_extracts_archive_and_reports_failure(tmp_path: Path) -> None:
+    source = tmp_path / "mirror"
+    _fake_cifar10(source)
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    spec = replace(data.SPECS["cifar10"], urls=(archive.as_uri(),))
+    target = tmp_path / "cache"
+    data._download(spec, target)
+    assert (target / "cifar-10-batches-py" / "test_batch").is_file()
+    missing = replace(spec, urls=((tmp_path / "nothing.tar.gz").as_uri(),))
+    with pytest.raises(RuntimeError, match="could not download cifar10.*root="):
+        data._download(missing, tmp_path / "other")
+
+
+def test_unknown_dataset_and_root_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="dataset"):
+        data.load_dataset("mnist")
+    with pytest.raises(FileNotFoundError, match="root"):
+        data.read_raw("fashion-mnist", str(tmp_path / "absent"))
+
+
+def test_setup_b_split_is_skewed_disjoint_and_seeded() -> None:
+    labels = np.repeat(np.arange(10), 100)
+    server, client = data.setup_b_split(labels, seed=3)
+    assert len(np.intersect1d(server, client)) == 0
+    assert np.array_equal(np.sort(np.concatenate([server, client])), np.arange(1000))
+    assert np.bincount(labels[server]).tolist() == [80] * 5 + [20] * 5
+    assert np.bincount(labels[client]).tolist() == [20] * 5 + [80] * 5
+    again, _ = data.setup_b_split(labels, seed=3)
+    other, _ = data.setup_b_split(labels, seed=4)
+    assert np.array_equal(server, again) and not np.array_equal(server, other)
+
+
+@pytest.mark.parametrize("kind", data.PARTITIONERS)
+def test_partitions_cover_every_sample_once(kind: str) -> None:
+    labels = np.random.default_rng(0).integers(0, 10, 2000)
+    parts = data.partition(labels, 8, kind, alpha=0.3, classes_per_partition=2, seed=1)
+    assert len(parts) == 8 and all(len(p) > 0 for p in parts)
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(2000))
+    if kind == "iid":
+        assert {len(p) for p in parts} == {250}
+    if kind == "pathological":
+        assert all(len(np.unique(labels[p])) <= 2 for p in parts)
+    again = data.partition(labels, 8, kind, alpha=0.3, classes_per_partition=2, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"partitioner": "shards"}, "partitioner"),
+        ({"num_partitions": 0}, "num_partitions"),
+        ({"partitioner": "dirichlet", "alpha": 0.0}, "alpha"),
+        ({"partitioner": "pathological", "classes_per_partition": 11}, "classes_per_partition"),
+    ],
+)
+def test_partition_errors_name_the_field(kwargs: dict, field: str) -> None:
+    arguments = {"num_partitions": 4, **kwargs}
+    with pytest.raises(ValueError, match=field):
+        data.partition(np.arange(100) % 10, **arguments)
+
+
+def test_subsample() -> None:
+    indices = np.arange(100, 200)
+    picked = data.subsample(indices, 10, seed=0)
+    assert len(picked) == 10 and np.all(np.diff(picked) > 0) and set(picked) <= set(indices)
+    assert data.subsample(indices, None) is indices
