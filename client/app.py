@@ -1,0 +1,158 @@
+"""edgefed's Flower ClientApp: one emulated edge device with a training-memory budget.
+
+On a ``train`` message the node resolves its device (node-config ``device`` in deployment, the
+seeded fleet assignment in simulation), rolls its availability for the round, asks the planner
+for a configuration that fits the budget, wraps the received model with compressed-activation
+layers, measures the first training step, fine-tunes and replies with the weights and what it
+measured. Every failure a real device would have is an error reply the server records:
+``DROPPED`` (offline this round) and ``OOM`` ("out of memory: needs X bytes, budget Y").
+
+Simulated device time of a round:  t = steps * FLOPs(step) / flops + 8 * (down + up) / bandwidth,
+with FLOPs(step) counted by ``torch.utils.flop_counter.FlopCounterMode`` on the measured step
+and the model's bytes sent down and up once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
+
+from client import replies
+from client.planner import Planner
+from client.task import (
+    Node,
+    client_dataset,
+    experiment,
+    make_model,
+    resolve_node,
+    settings_of,
+    sgd,
+)
+from common.compression import layer_ranks, wrap_last_layers
+from common.config import ExperimentConfig
+from common.devices import load_catalogue
+from common.memory import measure
+from common.train import evaluate as evaluate_model
+from common.train import train as train_model
+
+app = ClientApp()
+_planners: dict[str, Planner] = {}
+
+
+def _planner(config: ExperimentConfig) -> Planner:
+    key = config.model_dump_json()
+    if key not in _planners:
+        _planners[key] = Planner(config)
+    return _planners[key]
+
+
+def _setup(msg: Message, context: Context) -> tuple[ExperimentConfig, Node, int]:
+    settings = settings_of(context.run_config)
+    config = experiment(settings.config_json)
+    node = resolve_node(config, dict(context.node_config), load_catalogue(settings.devices))
+    torch.set_num_threads(max(1, int(node.device.cpus)))  # this process emulates one device
+    return config, node, int(msg.content["config"]["server-round"])
+
+
+def _dropped(msg: Message, node: Node, server_round: int) -> Message:
+    reason = (f"dropped: {node.device.name} offline in round {server_round} "
+              f"(availability {node.device.availability:.2f})")
+    return Message(Error(replies.DROPPED, reason), reply_to=msg)
+
+
+def _global_model(config: ExperimentConfig, msg: Message) -> nn.Module:
+    model = make_model(config)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return model
+
+
+def _model_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+@app.query()
+def identify(msg: Message, context: Context) -> Message:
+    """Answer the server's inventory: partition id, device and budget of this node."""
+    settings = settings_of(context.run_config)
+    config = experiment(settings.config_json)
+    node = resolve_node(config, dict(context.node_config), load_catalogue(settings.devices))
+    record = replies.identity_record(node.partition_id, node.device.name,
+                                     node.device.budget_bytes)
+    return Message(RecordDict({"identity": record}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Plan, wrap, measure the first step, fine-tune, reply (or fail as the device would)."""
+    started = time.perf_counter()
+    config, node, server_round = _setup(msg, context)
+    if not node.available(config, server_round):
+        return _dropped(msg, node, server_round)
+    model = _global_model(config, msg)
+    data = client_dataset(config, node.partition_id, node.num_partitions)
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + server_round)
+    probe = next(iter(DataLoader(data, batch_size=config.batch_size, shuffle=True,
+                                 generator=generator)))
+    plan = _planner(config).plan(node.device, model, probe, node.policy)
+    if not plan.fits:
+        return Message(Error(replies.OOM, plan.reason), reply_to=msg)
+    chosen = plan.chosen
+    wrapped = wrap_last_layers(model, chosen.method, chosen.last_k, **chosen.wrap_kwargs())
+    optimizer = sgd(wrapped, config.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    batch = (probe[0][: chosen.batch_size], probe[1][: chosen.batch_size])
+    with FlopCounterMode(display=False) as flops:
+        report = measure(wrapped, *batch, loss_fn, optimizer)
+    if report.training_bytes > node.device.budget_bytes:
+        reason = (f"out of memory: needs {report.training_bytes} bytes, "
+                  f"budget {node.device.budget_bytes}")
+        return Message(Error(replies.OOM, reason), reply_to=msg)
+    optimizer.zero_grad(set_to_none=True)
+    loader = DataLoader(data, batch_size=chosen.batch_size, shuffle=True, generator=generator)
+    mu = float(msg.content["config"].get("proximal-mu", 0.0))
+    stats = train_model(wrapped, loader, optimizer, epochs=config.local_epochs,
+                        max_steps=config.local_steps, proximal_mu=mu)
+    _, accuracy = evaluate_model(wrapped, loader)
+    model_bytes = _model_bytes(model)
+    sim_time = node.device.device_seconds(flops.get_total_flops() * stats.steps,
+                                          model_bytes, model_bytes)
+    metrics = MetricRecord({
+        "num-examples": stats.examples,
+        "train-loss": stats.loss,
+        "accuracy": accuracy,
+        "activation-bytes": report.activation_bytes,
+        "compressed-bytes": report.compressed_bytes,
+        "peak-bytes": report.peak_forward_bytes,
+        "total-bytes": report.total_bytes,
+        "budget-bytes": node.device.budget_bytes,
+        "last-k": chosen.last_k,
+        "eps": chosen.eps if chosen.eps is not None else -1.0,
+        "batch-size": chosen.batch_size,
+        "wall-s": time.perf_counter() - started,
+        "sim-time-s": sim_time,
+    })
+    content = RecordDict({
+        "arrays": ArrayRecord(wrapped.state_dict()),  # wrapping keeps the state-dict keys
+        "metrics": metrics,
+        "plan": replies.plan_record(node.device.name, chosen.method, layer_ranks(wrapped)),
+    })
+    return Message(content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Accuracy and loss of the global model on this node's local data."""
+    config, node, server_round = _setup(msg, context)
+    if not node.available(config, server_round):
+        return _dropped(msg, node, server_round)
+    model = _global_model(config, msg)
+    data = client_dataset(config, node.partition_id, node.num_partitions)
+    loss, accuracy = evaluate_model(model, DataLoader(data, batch_size=config.batch_size))
+    metrics = MetricRecord({"num-examples": len(data), "loss": loss, "accuracy": accuracy})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,0 +1,128 @@
+"""What a node needs from the library for one experiment: its model, its data, its device.
+
+Everything is derived from the experiment (``ExperimentConfig``) and the node's identity, and
+cached per process, so the many virtual clients a Simulation-Engine actor serves share one copy
+of the dataset and one partitioning.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+from common.config import ExperimentConfig, Policy, load_config
+from common.data import dataset_spec, labels_of, load_dataset, partition, setup_b_split, subsample
+from common.devices import Catalogue, DeviceProfile, assign_entries, load_catalogue
+from common.models import build_model
+
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The run-config of an edgefed Flower run (keys of ``[tool.flwr.app.config]``).
+
+    An empty ``config-json`` (a plain ``flwr run .``) means the quickstart experiment.
+    """
+
+    config_json: str
+    run_id: str
+    out_dir: str
+    report_url: str
+    report_token: str
+    devices: str | None
+
+
+def settings_of(run_config: dict) -> RunSettings:
+    config_json = str(run_config.get("config-json", ""))
+    if not config_json:
+        config_json = load_config(DEFAULT_EXPERIMENT).model_dump_json()
+    return RunSettings(
+        config_json=config_json,
+        run_id=str(run_config.get("run-id", "")) or "flwr",
+        out_dir=str(run_config.get("out-dir", "")) or "runs/flwr",
+        report_url=str(run_config.get("report-url", "")),
+        report_token=str(run_config.get("report-token", "")),
+        devices=str(run_config.get("devices", "")) or None,
+    )
+
+
+@lru_cache(maxsize=4)
+def experiment(config_json: str) -> ExperimentConfig:
+    """The experiment carried in the run-config (parsed once per process)."""
+    return ExperimentConfig.model_validate_json(config_json)
+
+
+def make_model(config: ExperimentConfig) -> nn.Module:
+    """An untrained model of the experiment's architecture for its dataset."""
+    spec = dataset_spec(config.dataset)
+    return build_model(config.model, spec.num_classes, spec.channels, config.image_size,
+                       config.width)
+
+
+def sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Setup B's optimizer over the trainable parameters: SGD, momentum 0.9, weight decay 1e-4."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+@lru_cache(maxsize=4)
+def _client_partitions(
+    dataset: str, image_size: int, partitioner: str, alpha: float, classes_per_client: int,
+    seed: int, num_partitions: int,
+) -> tuple[TensorDataset, list[np.ndarray]]:
+    train, _ = load_dataset(dataset, image_size)
+    _, client_half = setup_b_split(labels_of(train), seed=seed)
+    parts = partition(labels_of(train)[client_half], num_partitions, partitioner, alpha,
+                      classes_per_client, seed)
+    return train, [client_half[p] for p in parts]
+
+
+def client_dataset(config: ExperimentConfig, partition_id: int, num_partitions: int) -> Subset:
+    """Partition ``partition_id`` of the Setup-B client half, capped at ``samples_per_client``."""
+    train, parts = _client_partitions(
+        config.dataset, config.image_size, config.partitioner, config.alpha,
+        config.classes_per_client, config.seed, num_partitions,
+    )
+    indices = subsample(parts[partition_id], config.samples_per_client, config.seed + partition_id)
+    return Subset(train, indices.tolist())
+
+
+@dataclass(frozen=True)
+class Node:
+    """Who this node is in the experiment: partition, device profile and planning policy."""
+
+    partition_id: int
+    num_partitions: int
+    device: DeviceProfile
+    policy: Policy
+
+    def available(self, config: ExperimentConfig, server_round: int) -> bool:
+        """Online in this round with probability ``availability``; deterministic per
+        (seed, round, partition)."""
+        draw = random.Random(f"{config.seed}/{server_round}/{self.partition_id}").random()
+        return draw < self.device.availability
+
+
+def resolve_node(
+    config: ExperimentConfig, node_config: dict, catalogue: Catalogue | None = None
+) -> Node:
+    """The node's identity: ``partition-id`` (and ``num-partitions``) from the node-config;
+    the device from node-config ``device`` (deployment) or else from the seeded assignment
+    of the experiment's fleet (simulation)."""
+    catalogue = catalogue or load_catalogue()
+    partition_id = int(node_config["partition-id"])
+    num_partitions = int(node_config.get("num-partitions", config.num_clients))
+    entries = assign_entries(config)
+    entry = entries[partition_id % len(entries)]
+    device = catalogue.profile(str(node_config.get("device", entry.device)))
+    return Node(partition_id, num_partitions, device, config.policy_of(entry))

@@ -1,0 +1,220 @@
+"""edgefed's Flower ServerApp: Setup-B pretraining, then federated fine-tuning with events.
+
+1. Pretrain (or load the cached checkpoint of) the model on the server's Setup-B half.
+2. Wait until every node of the fleet has registered, then ask each who it is (partition id,
+   device) with a ``query`` message; nodes that cannot answer get the fleet's remaining
+   partitions by elimination, so failures can be named.
+3. Run FedAvg / FedProx / FedAdam from ``flwr.serverapp.strategy``; every reply, and every
+   sampled node that did not reply, becomes a ClientResult event; after aggregation the global
+   model is evaluated on the test set (round 0 = the pretrained model) as a RoundResult event.
+
+A client failure never stops the run: error replies are recorded and left out of aggregation.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable
+
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.exception import InconsistentMessageReplies
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from torch.utils.data import DataLoader
+
+from client import replies
+from client.task import experiment, settings_of
+from common.config import ExperimentConfig
+from common.devices import assign_entries
+from common.events import ClientResult, RoundResult
+from common.train import evaluate as evaluate_model
+from server.report import Reporter
+from server.task import pretrained_model, test_dataset
+
+NODE_WAIT_S = 600.0
+QUERY_TIMEOUT_S = 600.0
+ROUND_TIMEOUT_S = 3600.0
+
+log = logging.getLogger(__name__)
+app = ServerApp()
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float = NODE_WAIT_S) -> list[int]:
+    """Poll ``grid.get_node_ids()`` until ``expected`` nodes registered (or ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if len(nodes) < expected:
+        log.warning("only %d of %d nodes registered after %.0f s", len(nodes), expected, timeout)
+    return nodes
+
+
+class NodeDirectory:
+    """Node id -> (partition id, device), from the nodes' answers to an inventory query."""
+
+    def __init__(self, config: ExperimentConfig, answers: dict[int, tuple[int, str]]) -> None:
+        self.entries = assign_entries(config)
+        self.known = dict(answers)
+
+    @classmethod
+    def ask(cls, grid: Grid, config: ExperimentConfig, nodes: list[int]) -> NodeDirectory:
+        messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY)
+                    for n in nodes]
+        answers = {}
+        for reply in grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S):
+            if not reply.has_error():
+                identity = reply.content["identity"]
+                answers[reply.metadata.src_node_id] = (int(identity["partition-id"]),
+                                                       str(identity["device"]))
+        return cls(config, answers)
+
+    def identity(self, node_id: int) -> tuple[int, str]:
+        """A node that never answered gets the lowest partition nobody claimed."""
+        if node_id not in self.known:
+            taken = {pid for pid, _ in self.known.values()}
+            pid = next(i for i in range(len(self.entries) + len(self.known) + 1)
+                       if i not in taken)
+            device = self.entries[pid].device if pid < len(self.entries) else "unknown"
+            self.known[node_id] = (pid, device)
+        return self.known[node_id]
+
+
+class Reporting:
+    """Strategy mixin: report every sampled node's outcome before the strategy aggregates."""
+
+    reporter: Reporter
+    directory: NodeDirectory
+    num_ok: int = 0
+    num_failed: int = 0
+
+    def attach(self, reporter: Reporter, directory: NodeDirectory) -> Reporting:
+        self.reporter, self.directory = reporter, directory
+        self._sent: dict[str, list[int]] = {}
+        return self
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sent["train"] = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._sent["evaluate"] = [m.metadata.dst_node_id for m in messages]
+        return messages
+
+    def _record(self, server_round: int, phase: str, received: list[Message]) -> None:
+        results = [replies.client_result(r, phase, server_round,
+                                         self.directory.identity(r.metadata.src_node_id))
+                   for r in received]
+        answered = {r.metadata.src_node_id for r in received}
+        for node_id in self._sent.get(phase, []):
+            if node_id not in answered:
+                pid, device = self.directory.identity(node_id)
+                results.append(ClientResult(
+                    round=server_round, phase=phase, node_id=node_id, partition_id=pid,
+                    device=device, status="error", reason="no reply before the round timeout",
+                ))
+        for result in results:
+            self.reporter.emit(client=result)
+        if phase == "train":
+            self.num_ok = sum(r.status == "ok" for r in results)
+            self.num_failed = len(results) - self.num_ok
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        received = list(replies)
+        self._record(server_round, "train", received)
+        try:
+            return super().aggregate_train(server_round, received)
+        except InconsistentMessageReplies as err:
+            log.warning("round %d: not aggregated (%s)", server_round, err)
+            return None, None
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        received = list(replies)
+        self._record(server_round, "evaluate", received)
+        try:
+            return super().aggregate_evaluate(server_round, received)
+        except InconsistentMessageReplies as err:
+            log.warning("round %d: evaluation not aggregated (%s)", server_round, err)
+            return None
+
+
+class ReportingFedAvg(Reporting, FedAvg):
+    """FedAvg that reports every client."""
+
+
+class ReportingFedProx(Reporting, FedProx):
+    """FedProx that reports every client."""
+
+
+class ReportingFedAdam(Reporting, FedAdam):
+    """FedAdam that reports every client."""
+
+
+def make_strategy(config: ExperimentConfig, num_nodes: int) -> Reporting:
+    """The experiment's strategy, sampling ``fraction_train`` of the registered nodes."""
+    common = {
+        "fraction_train": config.fraction_train,
+        "fraction_evaluate": config.fraction_evaluate,
+        "min_train_nodes": min(config.min_train_clients, num_nodes),
+        "min_evaluate_nodes": 0 if config.fraction_evaluate == 0 else 1,
+        "min_available_nodes": num_nodes,
+    }
+    if config.strategy == "fedprox":
+        return ReportingFedProx(**common, proximal_mu=config.proximal_mu)
+    if config.strategy == "fedadam":
+        return ReportingFedAdam(**common, eta=config.server_lr, eta_l=config.lr)
+    return ReportingFedAvg(**common)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Pretrain, take the inventory, federate ``config.rounds`` rounds with events."""
+    settings = settings_of(context.run_config)
+    config = experiment(settings.config_json)
+    random.seed(config.seed)  # the strategies sample nodes with `random`
+    torch.manual_seed(config.seed)
+    reporter = Reporter(settings.run_id, settings.out_dir, settings.report_url,
+                        settings.report_token)
+    try:
+        model = pretrained_model(config)
+        test_loader = DataLoader(test_dataset(config), batch_size=256)
+        nodes = wait_for_nodes(grid, config.num_clients)
+        strategy = make_strategy(config, len(nodes))
+        strategy.attach(reporter, NodeDirectory.ask(grid, config, nodes))
+
+        def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            loss, accuracy = evaluate_model(model, test_loader)
+            reporter.emit(round=RoundResult(
+                round=server_round, accuracy=accuracy, loss=loss,
+                num_ok=strategy.num_ok if server_round else 0,
+                num_failed=strategy.num_failed if server_round else 0,
+            ))
+            return MetricRecord({"accuracy": accuracy, "loss": loss})
+
+        strategy.start(
+            grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=config.rounds,
+            timeout=ROUND_TIMEOUT_S,
+            train_config=ConfigRecord({"lr": config.lr}),
+            evaluate_fn=central_evaluation,
+        )
+    finally:
+        reporter.close()

@@ -1,0 +1,237 @@
+"""The ``edgefed`` command line (typer + rich).
+
+    edgefed run CONFIG [--engine simulation|deployment] [--out DIR] [--run-id ID]
+                       [--report-url URL] [--report-token TOKEN]
+    edgefed devices
+    edgefed plan --device D --model M
+    edgefed fleet up|down|status
+    edgefed demo
+
+An invalid experiment stops before anything is written, with one message naming the field and
+exit code 2.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from common.config import Engine, ExperimentConfig, ModelName, load_config
+from common.devices import FleetError, assign_devices, load_catalogue, validate_fleet
+from common.events import ClientResult, Event
+
+app = typer.Typer(help="Federated fine-tuning on memory-capped edge devices.", no_args_is_help=True)
+fleet_app = typer.Typer(help="A deployment fleet on loopback: SuperLink + SuperNodes.")
+app.add_typer(fleet_app, name="fleet")
+console = Console()
+INVALID = 2
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
+FLEET_DIR = Path("runs/fleet")
+
+
+def _mib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:,.2f} MiB"
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[bold red]invalid config[/]: {message}")
+    return typer.Exit(INVALID)
+
+
+def _validation_message(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "config"
+    return f"{field}: {first['msg']}"
+
+
+def load_experiment(path: Path) -> ExperimentConfig:
+    """Read, validate against the schema and the catalogue; exit 2 naming the field if bad."""
+    try:
+        config = load_config(path)
+        validate_fleet(config, load_catalogue())
+    except ValidationError as err:
+        raise _fail(_validation_message(err)) from None
+    except (FleetError, ValueError, OSError) as err:
+        raise _fail(str(err)) from None
+    return config
+
+
+@app.command()
+def run(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="experiment YAML/JSON")],
+    engine: Annotated[Engine, typer.Option(help="Flower engine")] = "simulation",
+    out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+    run_id: Annotated[str | None, typer.Option(help="run id used in events")] = None,
+    report_url: Annotated[str, typer.Option(help="POST every event here")] = "",
+    report_token: Annotated[str, typer.Option(help="bearer token for report-url")] = "",
+) -> None:
+    """Run one experiment: progress per round, a per-client table at the end."""
+    config = load_experiment(config_path)
+    from server import runner  # imported late: `edgefed devices` stays fast
+
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    out = out or Path("runs") / run_id
+    runner.install_signal_handlers()
+    clients: dict[int, ClientResult] = {}
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+    ) as progress:
+        task = progress.add_task(f"{config.name} ({engine})", total=config.rounds,
+                                 status="starting")
+
+        def on_event(event: Event) -> None:
+            if event.round is not None:
+                r = event.round
+                progress.update(task, completed=r.round, status=(
+                    f"round {r.round}: acc {r.accuracy:.3f} ok {r.num_ok} failed {r.num_failed}"))
+            elif event.client is not None and event.client.phase == "train":
+                clients[event.client.partition_id] = event.client
+
+        try:
+            outcome = runner.run(config, load_catalogue(), engine, out, run_id,
+                                 report_url, report_token, on_event)
+        except runner.RunCancelled as why:
+            console.print(f"[yellow]cancelled ({why}); every process stopped[/]")
+            raise typer.Exit(130) from None
+    console.print(client_table(clients.values()))
+    rounds = [e.round for e in outcome.events if e.round is not None]
+    if rounds:
+        console.print(f"test accuracy {rounds[0].accuracy:.4f} (pretrained) -> "
+                      f"{rounds[-1].accuracy:.4f} after round {rounds[-1].round}")
+    console.print(f"flower status {outcome.status}, {outcome.wall_s:.1f} s; events in "
+                  f"{out / 'events.jsonl'}")
+    if outcome.status != "finished:completed":
+        raise typer.Exit(1)
+
+
+def client_table(results: object) -> Table:
+    """The last train result of every client."""
+    table = Table(title="clients (last round)")
+    for column in ("partition", "device", "status", "method", "last_k", "eps", "batch",
+                   "training/total", "budget", "acc", "sim s", "reason"):
+        table.add_column(column)
+    for r in sorted(results, key=lambda r: r.partition_id):
+        table.add_row(
+            str(r.partition_id), r.device, r.status, r.method or "-", str(r.last_k or "-"),
+            "-" if r.eps is None else f"{r.eps:.2f}", str(r.batch_size or "-"),
+            _mib(r.total_bytes), _mib(r.budget_bytes),
+            "-" if r.accuracy is None else f"{r.accuracy:.3f}",
+            "-" if r.sim_time_s is None else f"{r.sim_time_s:.1f}", r.reason[:60],
+        )
+    return table
+
+
+@app.command()
+def devices() -> None:
+    """List the device catalogue and its named fleets."""
+    catalogue = load_catalogue()
+    table = Table(title="device catalogue")
+    for column in ("name", "budget", "ram limit", "GFLOP/s", "up Mbit/s", "down Mbit/s",
+                   "availability", "cpus", "description"):
+        table.add_column(column)
+    for p in catalogue.profiles.values():
+        table.add_row(p.name, _mib(p.budget_bytes), _mib(p.ram_bytes), f"{p.flops / 1e9:g}",
+                      f"{p.uplink_bps / 1e6:g}", f"{p.downlink_bps / 1e6:g}",
+                      f"{p.availability:.2f}", f"{p.cpus:g}", p.description)
+    console.print(table)
+    for name, mix in catalogue.fleets.items():
+        console.print(f"fleet [bold]{name}[/]: " + ", ".join(f"{n} x {d}" for d, n in mix.items()))
+
+
+@app.command()
+def plan(
+    device: Annotated[str, typer.Option(help="catalogue profile")],
+    model: Annotated[ModelName, typer.Option(help="architecture")] = "mobilenetv2",
+    config_path: Annotated[Path | None, typer.Option("--config", help="experiment")] = None,
+) -> None:
+    """What fits DEVICE's budget for MODEL: every option tried, measured, and the choice."""
+    catalogue = load_catalogue()
+    if device not in catalogue.profiles:
+        raise _fail(f"device: unknown device {device!r} (known: {', '.join(catalogue.profiles)})")
+    base = load_experiment(config_path) if config_path else load_experiment(DEMO_CONFIG)
+    config = base.model_copy(update={"model": model})
+    from server.task import plan_device  # torch is imported only here
+
+    result = plan_device(config, catalogue.profile(device))
+    table = Table(title=f"{device}: budget {_mib(result.device.budget_bytes)}, {model}")
+    for column in ("option", "training bytes", "fits", "how"):
+        table.add_column(column)
+    for option in result.options:
+        table.add_row(option.candidate.describe(), _mib(option.training_bytes),
+                      "yes" if option.fits else "no",
+                      "measured" if option.measured else "grads+momentum alone")
+    console.print(table)
+    if result.fits:
+        console.print(f"[green]chosen[/]: {result.chosen.describe()} "
+                      f"({_mib(result.needed_bytes)})")
+    else:
+        console.print(f"[red]nothing fits[/]: {result.reason}")
+
+
+@fleet_app.command("up")
+def fleet_up(
+    fleet: Annotated[str, typer.Option(help="named fleet of the catalogue")] = "compose",
+    config_path: Annotated[Path | None, typer.Option("--config", help="use its fleet")] = None,
+    directory: Annotated[Path, typer.Option("--dir")] = FLEET_DIR,
+) -> None:
+    """Start a SuperLink and one memory-limited SuperNode per device."""
+    from server import fleet as deployment
+
+    catalogue = load_catalogue()
+    if config_path:
+        config = load_experiment(config_path)
+    else:
+        try:
+            config = ExperimentConfig(fleet=catalogue.fleet(fleet))
+        except KeyError as err:
+            raise _fail(f"fleet: {err.args[0]}") from None
+    if deployment.load(directory) is not None:
+        console.print(f"a fleet is already up in {directory}; `edgefed fleet down` first")
+        raise typer.Exit(1)
+    state = deployment.up(directory, assign_devices(config, catalogue))
+    console.print(f"SuperLink {state.address}, {len(state.nodes)} SuperNodes "
+                  f"(memory limit: {state.nodes[0].process.limit if state.nodes else '-'})")
+
+
+@fleet_app.command("down")
+def fleet_down(directory: Annotated[Path, typer.Option("--dir")] = FLEET_DIR) -> None:
+    """Stop every process of the fleet by pid."""
+    from server import fleet as deployment
+
+    console.print(f"stopped {deployment.down(directory)} running processes")
+
+
+@fleet_app.command("status")
+def fleet_status(directory: Annotated[Path, typer.Option("--dir")] = FLEET_DIR) -> None:
+    """List the fleet's processes, their limits and whether they run."""
+    from server import fleet as deployment
+
+    state = deployment.load(directory)
+    if state is None:
+        console.print(f"no fleet in {directory}")
+        return
+    table = Table(title=f"fleet {state.group} at {state.address}")
+    for column in ("role", "pid", "device", "limit", "memory limit", "running"):
+        table.add_column(column)
+    table.add_row("superlink", str(state.superlink.pid), "-", "-", "-",
+                  str(state.superlink.alive()))
+    for node in state.nodes:
+        p = node.process
+        table.add_row(p.role, str(p.pid), node.device, p.limit, _mib(p.limit_bytes),
+                      str(p.alive()))
+    console.print(table)
+
+
+@app.command()
+def demo(engine: Annotated[Engine, typer.Option()] = "simulation") -> None:
+    """Run the quickstart federation (what `make run` starts)."""
+    run(DEMO_CONFIG, engine=engine, out=None, run_id=None, report_url="", report_token="")

@@ -1,0 +1,156 @@
+"""A deployment fleet on loopback: one SuperLink and one SuperNode per emulated device.
+
+``up`` starts the SuperLink, then one ``flower-supernode`` per partition with node-config
+``partition-id``, ``num-partitions`` and ``device`` (the profile assigned by
+:func:`common.devices.assign_devices`), each under its profile's ``ram_bytes`` (see
+:mod:`server.procs` for cgroup vs rlimit). The fleet is recorded in ``<dir>/fleet.json`` so that
+``down`` and ``status`` work from another process.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel
+
+from common.devices import DeviceProfile
+from server import procs
+
+STATE_FILE = "fleet.json"
+READY_TIMEOUT_S = 60.0
+
+
+class FleetNode(BaseModel):
+    partition_id: int
+    device: str
+    process: procs.ManagedProcess
+
+
+class FleetState(BaseModel):
+    """What ``fleet up`` started: enough to address, inspect and stop it."""
+
+    group: str
+    port: int
+    flwr_home: str
+    superlink: procs.ManagedProcess
+    nodes: list[FleetNode] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def processes(self) -> list[procs.ManagedProcess]:
+        return [self.superlink, *(node.process for node in self.nodes)]
+
+
+def superlink_cmd(port: int, simulation: bool) -> list[str]:
+    """``flower-superlink`` serving its one HTTP API (Fleet, Control, ServerAppIo) on ``port``."""
+    cmd = [
+        procs.which("flower-superlink"),
+        "--insecure",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--isolation", "subprocess",
+        "--disable-runtime-dependency-installation",
+    ]
+    return [*cmd, "--simulation"] if simulation else cmd
+
+
+def supernode_cmd(superlink: str, runtime_port: int, node_config: dict[str, object]) -> list[str]:
+    """``flower-supernode`` for one device; strings in node-config are TOML-quoted."""
+    pairs = " ".join(
+        f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in node_config.items()
+    )
+    return [
+        procs.which("flower-supernode"),
+        "--insecure",
+        "--superlink", superlink,
+        "--port", str(runtime_port),
+        "--node-config", pairs,
+    ]
+
+
+def wait_ready(port: int, process: procs.ManagedProcess, timeout: float = READY_TIMEOUT_S) -> None:
+    """Poll the SuperLink's ``/health`` until it answers; ``RuntimeError`` if it died or hung."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise RuntimeError(f"flower-superlink exited early; see {process.log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).is_success:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"flower-superlink not ready after {timeout:.0f} s; see {process.log}")
+
+
+def start_superlink(directory: Path, simulation: bool) -> FleetState:
+    """Start a SuperLink with its own ``FLWR_HOME`` under ``directory`` and wait until ready."""
+    directory.mkdir(parents=True, exist_ok=True)
+    flwr_home = directory / "flwr-home"
+    port = procs.free_port()
+    superlink = procs.spawn(
+        "superlink",
+        superlink_cmd(port, simulation),
+        directory / "superlink.log",
+        procs.flower_env(flwr_home),
+        cwd=directory,
+    )
+    state = FleetState(
+        group=f"{directory.name}-{superlink.pid}",
+        port=port,
+        flwr_home=str(flwr_home),
+        superlink=superlink,
+    )
+    save(directory, state)
+    try:
+        wait_ready(port, superlink)
+    except RuntimeError:
+        procs.stop(state.processes)
+        raise
+    return state
+
+
+def up(directory: Path, devices: list[DeviceProfile]) -> FleetState:
+    """SuperLink + one memory-limited SuperNode per device (partition ``i`` = ``devices[i]``)."""
+    state = start_superlink(directory, simulation=False)
+    env = procs.flower_env(Path(state.flwr_home))
+    for pid, device in enumerate(devices):
+        node_config = {"partition-id": pid, "num-partitions": len(devices), "device": device.name}
+        process = procs.spawn(
+            f"node-{pid}",
+            supernode_cmd(state.address, procs.free_port(), node_config),
+            directory / "nodes" / f"node-{pid}.log",
+            env,
+            limit_bytes=device.ram_bytes,
+            group=state.group,
+            cwd=directory,
+        )
+        state.nodes.append(FleetNode(partition_id=pid, device=device.name, process=process))
+        save(directory, state)
+    return state
+
+
+def save(directory: Path, state: FleetState) -> None:
+    (directory / STATE_FILE).write_text(state.model_dump_json(indent=2))
+
+
+def load(directory: Path) -> FleetState | None:
+    path = directory / STATE_FILE
+    return FleetState.model_validate_json(path.read_text()) if path.exists() else None
+
+
+def down(directory: Path, timeout: float = 10.0) -> int:
+    """Stop every process of the fleet in ``directory`` (by recorded pid); returns how many
+    were still running."""
+    state = load(directory)
+    if state is None:
+        return 0
+    running = sum(p.alive() for p in state.processes)
+    procs.stop(state.processes, timeout=timeout)
+    (directory / STATE_FILE).unlink()
+    return running

@@ -1,0 +1,235 @@
+"""Processes edgefed starts: spawn under a memory limit, find their descendants, stop them by pid.
+
+Memory limits (per emulated device, covering the SuperNode and every process it forks):
+- ``cgroup``: a cgroup-v1 memory group ``/sys/fs/cgroup/memory/edgefed/<group>/<node>`` with
+  ``memory.limit_in_bytes`` = the profile's ``ram_bytes``; the child joins it before exec, so the
+  kernel's OOM killer enforces the limit on the node's whole process tree.
+- ``rlimit``: where no writable cgroup-v1 memory hierarchy exists, ``RLIMIT_DATA`` (heap and
+  private mappings) per process, inherited by the children, set in the child before exec.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Literal
+
+import psutil
+from pydantic import BaseModel
+
+CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+LimitKind = Literal["cgroup", "rlimit", "none"]
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class ManagedProcess(BaseModel):
+    """A process edgefed started; ``create_time`` guards against a recycled pid."""
+
+    role: str
+    pid: int
+    create_time: float
+    cmd: list[str]
+    log: str
+    limit: LimitKind = "none"
+    limit_bytes: int | None = None
+    cgroup: str | None = None
+
+    def alive(self) -> bool:
+        proc = _process(self)
+        return proc is not None and proc.status() != psutil.STATUS_ZOMBIE
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1 (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bin_dir() -> Path:
+    """The directory of this interpreter's console scripts (flwr, flower-superlink, ...)."""
+    return Path(sys.executable).parent
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: our venv first on PATH (the SuperLink spawns
+    ``flower-superexec`` by name), an isolated ``FLWR_HOME``, no update check."""
+    env = dict(os.environ)
+    env["PATH"] = f"{bin_dir()}{os.pathsep}{env.get('PATH', '')}"
+    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env.setdefault("RAY_DEDUP_LOGS", "0")
+    return env
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants (Ray workers, SuperExecs) are re-parented to us, so we reap them
+    instead of leaving zombies under a PID 1 that does not (Linux only; a no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def cgroup_available() -> bool:
+    """True where a cgroup-v1 memory hierarchy is mounted and writable by us."""
+    return (CGROUP_ROOT / "memory.limit_in_bytes").exists() and os.access(CGROUP_ROOT, os.W_OK)
+
+
+def limit_kind() -> LimitKind:
+    """The memory-limit mechanism this machine offers: cgroup if possible, else rlimit."""
+    return "cgroup" if cgroup_available() else "rlimit"
+
+
+def make_cgroup(group: str, name: str, limit_bytes: int) -> Path:
+    """Create ``edgefed/<group>/<name>`` with a hard memory limit (swap included, if known)."""
+    path = CGROUP_ROOT / "edgefed" / group / name
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "memory.limit_in_bytes").write_text(str(limit_bytes))
+    memsw = path / "memory.memsw.limit_in_bytes"
+    if memsw.exists():
+        with contextlib.suppress(OSError):
+            memsw.write_text(str(limit_bytes))
+    return path
+
+
+def remove_cgroup(path: str | Path, timeout: float = 10.0) -> None:
+    """Remove an (emptied) cgroup and its parents once they are empty."""
+    path = Path(path)
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        try:
+            path.rmdir()
+        except OSError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+    for parent in (path.parent, path.parent.parent):
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+
+
+def _preexec(limit: LimitKind, limit_bytes: int | None, cgroup: Path | None) -> Callable[[], None]:
+    def enter_limit() -> None:
+        if limit == "cgroup" and cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
+        elif limit == "rlimit" and limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
+
+    return enter_limit
+
+
+def spawn(
+    role: str,
+    cmd: list[str],
+    log: Path,
+    env: dict[str, str],
+    *,
+    limit_bytes: int | None = None,
+    group: str = "",
+    cwd: Path | None = None,
+) -> ManagedProcess:
+    """Start ``cmd`` in its own session, output to ``log``, under ``limit_bytes`` if given."""
+    kind: LimitKind = "none" if limit_bytes is None else limit_kind()
+    cgroup = make_cgroup(group, role, limit_bytes) if kind == "cgroup" and limit_bytes else None
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        popen = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_preexec(kind, limit_bytes, cgroup),  # noqa: PLW1509
+        )
+    return ManagedProcess(
+        role=role,
+        pid=popen.pid,
+        create_time=psutil.Process(popen.pid).create_time(),
+        cmd=cmd,
+        log=str(log),
+        limit=kind,
+        limit_bytes=limit_bytes,
+        cgroup=str(cgroup) if cgroup else None,
+    )
+
+
+def _process(managed: ManagedProcess) -> psutil.Process | None:
+    try:
+        proc = psutil.Process(managed.pid)
+        return proc if abs(proc.create_time() - managed.create_time) < 0.01 else None
+    except psutil.Error:
+        return None
+
+
+def _tree(managed: Iterable[ManagedProcess]) -> list[psutil.Process]:
+    procs: list[psutil.Process] = []
+    for m in managed:
+        root = _process(m)
+        if root is None:
+            continue
+        with contextlib.suppress(psutil.Error):
+            procs.extend(root.children(recursive=True))
+        procs.append(root)
+    return procs
+
+
+def _signal_all(procs: list[psutil.Process], sig: int) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def reap() -> None:
+    """Collect exit statuses of any of our finished children (no zombies left behind)."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def stop(managed: Iterable[ManagedProcess], timeout: float = 10.0) -> None:
+    """Stop the given processes and all their descendants: SIGTERM, wait, SIGKILL, wait.
+
+    Only pids recorded in ``managed`` (checked against their start time) and their descendants
+    are signalled; then their cgroups are removed.
+    """
+    managed = list(managed)
+    procs = _tree(managed)
+    _signal_all(procs, signal.SIGTERM)
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    # a SIGTERM'd parent may have forked late children: collect them too
+    alive = list({p.pid: p for p in alive + _tree(managed)}.values())
+    _signal_all(alive, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=timeout)
+    reap()
+    for m in managed:
+        if m.cgroup:
+            remove_cgroup(m.cgroup)
+
+
+def descendants_alive(managed: Iterable[ManagedProcess]) -> list[int]:
+    """Pids of the given processes and their descendants that still run (zombies excluded)."""
+    return [p.pid for p in _tree(managed) if _running(p)]
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def which(tool: str) -> str:
+    """Absolute path of a console script installed beside this interpreter."""
+    path = bin_dir() / tool
+    return str(path) if path.exists() else (shutil.which(tool) or tool)

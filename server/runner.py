@@ -1,0 +1,211 @@
+"""Engines: run one experiment through ``flwr run`` on a SuperLink edgefed starts and stops.
+
+- ``simulation``: ``flower-superlink --simulation`` (Flower's Simulation Engine, Ray) with
+  ``num-supernodes`` = the fleet size; each virtual node's device comes from its partition id.
+- ``deployment``: :func:`server.fleet.up` — a SuperLink and one memory-limited SuperNode process
+  per device on loopback (Flower's Deployment Engine).
+
+Either way the app is this repository (``flwr run <repo>``), the experiment travels as JSON in the
+run-config, and the ServerApp writes events to ``<out>/events.jsonl``. ``flwr run`` exits 0 even
+when the run fails, so the outcome is read with ``flwr list --run-id X --format json``. Everything
+started here is stopped by pid in a ``finally`` block, including on SIGTERM/SIGINT (see
+:func:`install_signal_handlers`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from common.config import Engine, ExperimentConfig
+from common.devices import Catalogue, assign_devices, catalogue_path
+from common.events import Event, RunState
+from server import fleet, procs
+from server.report import Reporter, read_events
+
+APP_DIR = Path(__file__).resolve().parents[1]
+CONNECTION = "edgefed"
+POLL_S = 1.0
+CLI_TIMEOUT_S = 120.0
+
+
+class RunCancelled(Exception):
+    """Raised in the runner's thread when SIGTERM/SIGINT arrives."""
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM and SIGINT into :class:`RunCancelled`, so ``finally`` blocks stop processes."""
+
+    def cancel(signum: int, _frame: object) -> None:
+        raise RunCancelled(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, cancel)
+    signal.signal(signal.SIGINT, cancel)
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended: Flower's final status plus every event the ServerApp wrote."""
+
+    status: str
+    flwr_run_id: int | None
+    events: list[Event] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def run_config(
+    config: ExperimentConfig, out_dir: Path, run_id: str, report_url: str, report_token: str
+) -> dict[str, str]:
+    """The ``[tool.flwr.app.config]`` values of one run (see pyproject.toml)."""
+    return {
+        "config-json": config.model_dump_json(),
+        "run-id": run_id,
+        "out-dir": str(out_dir.resolve()),
+        "report-url": report_url,
+        "report-token": report_token,
+        "devices": str(catalogue_path().resolve()),
+    }
+
+
+def write_connection(flwr_home: Path, port: int) -> None:
+    """A Flower config whose default SuperLink connection is ours (insecure, loopback)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    conf = {"superlink": {"default": CONNECTION, CONNECTION: {
+        "address": f"127.0.0.1:{port}", "insecure": True,
+    }}}
+    (flwr_home / "config.toml").write_text(tomli_w.dumps(conf))
+
+
+def _flwr(args: list[str], env: dict[str, str]) -> str:
+    result = subprocess.run(  # noqa: S603 - fixed argv
+        [procs.which("flwr"), *args],
+        env=env, cwd=APP_DIR, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"flwr {args[0]} failed: {result.stderr.strip() or result.stdout}")
+    return result.stdout
+
+
+def _json_tail(stdout: str) -> dict:
+    """``flwr ... --format json`` prints one JSON document, possibly after notices."""
+    return json.loads(stdout[stdout.index("{"):])
+
+
+def submit(
+    state: fleet.FleetState, overrides: Path, federation_config: dict[str, int] | None
+) -> int:
+    """``flwr run <repo> edgefed --run-config FILE [--federation-config ...]`` -> Flower run id."""
+    env = procs.flower_env(Path(state.flwr_home))
+    write_connection(Path(state.flwr_home), state.port)
+    args = ["run", str(APP_DIR), CONNECTION, "--run-config", str(overrides), "--format", "json"]
+    if federation_config:
+        pairs = " ".join(f"{k}={v}" for k, v in federation_config.items())
+        args += ["--federation-config", pairs]
+    payload = _json_tail(_flwr(args, env))
+    if not payload.get("success"):
+        raise RuntimeError(f"flwr run did not start the run: {payload}")
+    return int(payload["run-id"])
+
+
+def flower_status(state: fleet.FleetState, flwr_run_id: int) -> str:
+    """The run's status from ``flwr list``: ``pending``, ``running``, ``finished:completed``,
+    ``finished:failed``, ``finished:stopped`` ..."""
+    env = procs.flower_env(Path(state.flwr_home))
+    payload = _json_tail(_flwr(["list", CONNECTION, "--run-id", str(flwr_run_id),
+                                "--format", "json"], env))
+    runs = payload.get("runs") or []
+    return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+def simulation_resources(num_clients: int) -> dict[str, int]:
+    """Federation config of the Simulation Engine: one CPU per virtual client, all cores."""
+    return {
+        "num-supernodes": num_clients,
+        "client-resources-num-cpus": 1,
+        "init-args-num-cpus": os.cpu_count() or 1,
+    }
+
+
+def run(
+    config: ExperimentConfig,
+    catalogue: Catalogue,
+    engine: Engine,
+    out_dir: Path,
+    run_id: str,
+    report_url: str = "",
+    report_token: str = "",
+    on_event: Callable[[Event], None] | None = None,
+) -> RunOutcome:
+    """Run ``config`` on ``engine`` to completion; always stops every process it started.
+
+    Run states (running, then finished / failed / cancelled) are reported here; per-client and
+    per-round events come from the ServerApp through the same ``events.jsonl`` and URL.
+    """
+    devices = assign_devices(config, catalogue)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.json").write_text(config.model_dump_json(indent=2))
+    reporter = Reporter(run_id, out_dir, report_url, report_token)
+    overrides = out_dir / "run-config.toml"
+    overrides.write_text(tomli_w.dumps(run_config(config, out_dir, run_id, report_url,
+                                                  report_token)))
+    procs.become_subreaper()
+    flower_dir = out_dir / "flower"
+    started = time.monotonic()
+    outcome = RunOutcome(status="failed", flwr_run_id=None)
+    state: fleet.FleetState | None = None
+    try:
+        reporter.emit(state=RunState(status="running", message=f"engine={engine}"))
+        if engine == "simulation":
+            state = fleet.start_superlink(flower_dir, simulation=True)
+            outcome.flwr_run_id = submit(state, overrides, simulation_resources(len(devices)))
+        else:
+            state = fleet.up(flower_dir, devices)
+            outcome.flwr_run_id = submit(state, overrides, None)
+        outcome.status = _follow(state, outcome, out_dir, on_event)
+        final = "finished" if outcome.status == "finished:completed" else "failed"
+        reporter.emit(state=RunState(status=final, message=f"flower status {outcome.status}"))
+    except RunCancelled as why:
+        outcome.status = "cancelled"
+        reporter.emit(state=RunState(status="cancelled", message=f"received {why}"))
+        raise
+    except Exception as err:
+        reporter.emit(state=RunState(status="failed", message=str(err)[:4000]))
+        raise
+    finally:
+        if state is not None:
+            procs.stop(state.processes)
+            (flower_dir / fleet.STATE_FILE).unlink(missing_ok=True)
+        reporter.close()
+        outcome.wall_s = time.monotonic() - started
+    return outcome
+
+
+def _follow(
+    state: fleet.FleetState,
+    outcome: RunOutcome,
+    out_dir: Path,
+    on_event: Callable[[Event], None] | None,
+) -> str:
+    """Stream new events until Flower reports the run finished; returns its final status."""
+    offset = 0
+    status = "pending"
+    while True:
+        events, offset = read_events(out_dir, offset)
+        for event in events:
+            outcome.events.append(event)
+            if on_event is not None:
+                on_event(event)
+        if status.startswith("finished"):
+            return status
+        if not state.superlink.alive():
+            return "finished:failed (superlink exited)"
+        time.sleep(POLL_S)
+        status = flower_status(state, outcome.flwr_run_id)
