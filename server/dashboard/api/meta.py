@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, get_args
+from typing import Annotated, Any, get_args
 
 from fastapi import APIRouter, Query
 from pydantic import StringConstraints
 
-from common.config import Engine
+from common.config import Engine, ExperimentConfig
 from common.devices import load_catalogue
 from server.dashboard.deps import PROBLEMS, ServicesDep, SessionDep
 from server.dashboard.queries import compare
@@ -30,6 +30,12 @@ def info(services: ServicesDep) -> Info:
     return Info(version=_version(), auth_required=services.settings.token is not None,
                 max_concurrent_runs=services.settings.max_concurrent_runs,
                 engines=list(get_args(Engine)))
+
+
+@router.get("/schema/experiment")
+def experiment_schema() -> dict[str, Any]:
+    """JSON schema of the experiment config (the form is generated from it)."""
+    return ExperimentConfig.model_json_schema()
 
 
 @router.get("/devices")

@@ -1,0 +1,53 @@
+// Compare runs: summary table and the memory-vs-accuracy Pareto chart (front from the API).
+import { api, badge, bytes, el, header, pct } from "/static/api.js";
+import { scatter } from "/static/charts.js";
+
+const main = document.getElementById("main");
+const METHOD_COLORS = { vanilla: "#667085", svd: "#f79009", hosvd: "#2f6fdf", asi: "#12b76a",
+  gradfilter: "#9b4dca" };
+const params = new URLSearchParams(location.search);
+let selected = new Set(params.getAll("run"));
+let memory = params.get("memory") || "peak";
+
+async function render() {
+  const all = (await api(`/api/compare?memory=${memory}`)).runs;
+  if (!selected.size) selected = new Set(all.filter((r) => r.final_accuracy != null).map((r) => r.run_id));
+  const query = [...selected].map((id) => `run=${encodeURIComponent(id)}`).join("&");
+  const chosen = selected.size ? (await api(`/api/compare?memory=${memory}&${query}`)).runs : [];
+  const plotted = chosen.filter((r) => r.memory_bytes != null && r.final_accuracy != null);
+  const metric = el("select", { id: "memory-metric", onchange: (e) => { memory = e.target.value; render(); } },
+    ...["peak", "activation", "compressed", "total"].map((m) =>
+      el("option", { value: m, selected: m === memory }, `${m} bytes (mean per client)`)));
+  const toggle = (id) => (e) => { if (e.target.checked) selected.add(id); else selected.delete(id); render(); };
+  const head = ["", "run", "experiment", "status", "method", "policy", "rounds", "start acc.",
+    "final acc.", "best acc.", "peak mean", "peak max", "activation", "compressed", "total",
+    "ok", "oom", "dropped", "error", "Pareto"];
+  const rows = all.map((r) => el("tr", {},
+    el("td", {}, el("input", { type: "checkbox", checked: selected.has(r.run_id), onchange: toggle(r.run_id) })),
+    el("td", {}, el("a", { href: `/runs/${r.run_id}` }, r.run_id.slice(0, 8))),
+    el("td", {}, r.experiment_name), el("td", {}, badge(r.status)), el("td", {}, r.method),
+    el("td", {}, r.policy), el("td", { class: "num" }, String(r.rounds_done)),
+    ...[r.initial_accuracy, r.final_accuracy, r.best_accuracy].map((a) => el("td", { class: "num" }, pct(a))),
+    ...[r.peak_bytes_mean, r.peak_bytes_max, r.activation_bytes_mean, r.compressed_bytes_mean,
+      r.total_bytes_mean].map((b) => el("td", { class: "num" }, bytes(b))),
+    ...[r.num_ok, r.num_oom, r.num_dropped, r.num_error].map((n) => el("td", { class: "num" }, String(n))),
+    el("td", {}, selected.has(r.run_id) && chosen.find((c) => c.run_id === r.run_id)?.pareto ? "yes" : "")));
+  main.replaceChildren(el("h1", {}, "Compare runs"),
+    el("div", { class: "card" }, el("div", { class: "actions" }, el("h2", {}, "Memory vs accuracy"),
+      metric), el("div", { id: "chart-pareto" }),
+    el("div", { class: "legend" }, ...Object.entries(METHOD_COLORS).map(([m, c]) =>
+      el("span", {}, el("i", { style: `background:${c}` }), m)),
+      el("span", {}, "red ring + dashed line: Pareto front (less memory, more accuracy)"))),
+    el("div", { class: "card scroll" }, el("table", { id: "compare-table" },
+      el("thead", {}, el("tr", {}, ...head.map((h) => el("th", {}, h)))), el("tbody", {}, ...rows))));
+  const container = document.getElementById("chart-pareto");
+  if (!plotted.length) { container.append(el("p", { class: "muted" }, "Select runs with results.")); return; }
+  scatter(container, plotted.map((r) => ({ x: r.memory_bytes, y: r.final_accuracy,
+    front: r.pareto, color: METHOD_COLORS[r.method], label: `${r.experiment_name} (${r.method})`,
+    title: `${r.experiment_name} ${r.run_id.slice(0, 8)}: ${bytes(r.memory_bytes)}, ${pct(r.final_accuracy)}` })),
+  { xFormat: bytes, yFormat: pct, xLabel: `${memory} bytes per client (mean, log scale)`,
+    yLabel: "final accuracy" });
+}
+
+header();
+render();
