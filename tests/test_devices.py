@@ -60,7 +60,8 @@ def test_assignment_is_deterministic_and_follows_the_mix(catalogue: Catalogue) -
 
 def test_entry_policy_overrides_the_experiment_policy() -> None:
     config = ExperimentConfig(
-        fleet=[FleetEntry(device="mcu", count=2, policy="fixed"), FleetEntry(device="rpi5", count=2)],
+        fleet=[FleetEntry(device="mcu", count=2, policy="fixed"),
+               FleetEntry(device="rpi5", count=2)],
         policy="fit",
     )
     policies = {(e.device, config.policy_of(e)) for e in assign_entries(config)}
