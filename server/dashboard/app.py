@@ -26,7 +26,7 @@ from server.dashboard.runner import Runner, stop_orphan
 from server.dashboard.security import OriginGuard
 from server.dashboard.settings import Settings, is_loopback
 from server.dashboard.store import Conflict, NotFound, RunLog
-from server.dashboard.validation import checked_config, locate
+from server.dashboard.validation import checked_config, json_safe, locate
 
 log = logging.getLogger(__name__)
 RESTARTED = "the dashboard restarted while the run was in flight"
@@ -52,7 +52,7 @@ def recover(services: Services) -> None:
 
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
     detail = [locate(e) for e in error.errors()]
-    return JSONResponse({"detail": jsonable_encoder(detail)}, status_code=422)
+    return JSONResponse({"detail": json_safe(jsonable_encoder(detail))}, status_code=422)
 
 
 async def _not_found(_: Request, error: NotFound) -> JSONResponse:

@@ -36,6 +36,17 @@ def locate(error: dict) -> dict:
     return error if loc[-len(field):] == field else {**error, "loc": (*loc, *field)}
 
 
+def json_safe(value: Any) -> Any:
+    """Non-finite floats (which JSON cannot carry) as strings, so any bad input can be echoed."""
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 def invalid(loc: tuple, msg: str, value: Any = None) -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": msg,
                                     "input": value}])

@@ -1,0 +1,62 @@
+"""A stand-in for ``edgefed run`` with the same command line, for the runner's process tests.
+
+The real CLI cannot be told to crash, ignore SIGTERM or leave a grandchild behind; this script
+can, chosen by the experiment's name:
+
+- ``ok-*``: reports running, one round event per round (0.2 s apart), exits 0 without a final
+  state (the runner must mark it finished from the exit code);
+- ``crash-*``: writes to stderr and exits 3;
+- ``stubborn-*``: starts a grandchild (``sleep``), ignores SIGTERM and waits forever (the runner
+  must SIGKILL the whole group after its timeout);
+- ``slow-*``: reports running, then waits until SIGTERM, on which it exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("command", choices=["run"])
+    parser.add_argument("config")
+    for option in ("engine", "out", "run-id", "report-url", "report-token"):
+        parser.add_argument(f"--{option}", required=True)
+    args = parser.parse_args()
+    name = json.loads(Path(args.config).read_text())["name"]
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    client = httpx.Client(headers={"Authorization": f"Bearer {args.report_token}"}, timeout=10)
+
+    def post(**part: object) -> None:
+        client.post(args.report_url, json={"run_id": args.run_id, **part}).raise_for_status()
+
+    if name.startswith("crash"):
+        print("boom: the stand-in run crashed", file=sys.stderr)
+        return 3
+    if name.startswith("stubborn"):
+        child = subprocess.Popen(["sleep", "300"])
+        Path(args.out, "child.pid").write_text(str(child.pid))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        while True:
+            time.sleep(1)
+    post(state={"status": "running", "message": "stand-in"})
+    if name.startswith("slow"):
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
+        while True:
+            time.sleep(1)
+    for r in range(3):
+        post(round={"round": r, "accuracy": 0.5 + 0.1 * r, "loss": 1.0 - 0.1 * r})
+        time.sleep(0.2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

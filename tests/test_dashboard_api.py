@@ -1,0 +1,310 @@
+"""Dashboard API against a temporary SQLite database (FastAPI TestClient, nothing executed:
+the run queue is paused, runs are fed through the ingestion endpoint)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from server.dashboard.app import create_app
+from server.dashboard.settings import Settings
+from tests.dashboard_support import tiny_config
+
+BASE = "http://127.0.0.1"
+
+
+def make_client(tmp_path, **settings) -> TestClient:
+    app = create_app(Settings(data_dir=tmp_path, max_concurrent_runs=0, **settings))
+    return TestClient(app, base_url=BASE)
+
+
+@pytest.fixture
+def client(tmp_path):
+    with make_client(tmp_path) as c:
+        yield c
+
+
+def create(client, **overrides) -> dict:
+    response = client.post("/api/experiments", json=tiny_config(**overrides))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def attach(client, experiment_id: int) -> tuple[str, dict]:
+    body = client.post(f"/api/experiments/{experiment_id}/attach").json()
+    return body["run"]["id"], {"Authorization": f"Bearer {body['report_token']}"}
+
+
+def client_event(run_id: str, round: int, partition: int, **fields) -> dict:
+    result = {"round": round, "node_id": 1000 + partition, "partition_id": partition,
+              "device": "rpi5", "status": "ok", **fields}
+    return {"run_id": run_id, "client": result}
+
+
+def post(client, run_id, headers, event) -> dict:
+    response = client.post(f"/api/runs/{run_id}/events", json=event, headers=headers)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def field_errors(response) -> dict[str, str]:
+    assert response.status_code == 422, response.text
+    return {".".join(map(str, e["loc"][1:])): e["msg"] for e in response.json()["detail"]}
+
+
+def test_experiment_lifecycle(client):
+    experiment = create(client, name="first")
+    assert experiment["config"]["fleet"][1]["policy"] == "fixed"
+    assert client.get(f"/api/experiments/{experiment['id']}").json()["name"] == "first"
+    assert [e["name"] for e in client.get("/api/experiments").json()] == ["first"]
+    assert client.delete(f"/api/experiments/{experiment['id']}").status_code == 204
+    assert client.get(f"/api/experiments/{experiment['id']}").status_code == 404
+    assert client.get("/api/experiments").json() == []
+
+
+@pytest.mark.parametrize(("overrides", "field"), [
+    ({"rounds": 0}, "rounds"),
+    ({"compression": {"eps": 1.5}}, "compression.eps"),
+    ({"fleet": [{"device": "toaster", "count": 2}]}, "fleet.0.device"),
+    ({"min_train_clients": 9}, "min_train_clients"),
+    ({"name": "x" * 101}, "name"),
+    ({"dataset_path": "/etc/passwd"}, "dataset_path"),
+    ({"fleet": [{"device": "rpi5", "count": 2001}]}, "fleet.0.count"),
+])
+def test_invalid_config_names_the_field_and_stores_nothing(client, overrides, field):
+    create(client, name="kept")
+    before = client.get("/api/experiments").json()
+    for path in ("/api/experiments", "/api/experiments/validate"):
+        errors = field_errors(client.post(path, json=tiny_config(**overrides)))
+        assert field in errors, errors
+    assert client.get("/api/experiments").json() == before
+
+
+def test_validate_returns_the_config_with_defaults(client):
+    response = client.post("/api/experiments/validate", json=tiny_config())
+    assert response.status_code == 200
+    assert response.json()["compression"]["method"] == "hosvd"
+    assert client.get("/api/experiments").json() == []
+
+
+def test_token_guards_mutations_only(tmp_path):
+    with make_client(tmp_path, token="s3cret") as c:
+        assert c.post("/api/experiments", json=tiny_config()).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert c.post("/api/experiments", json=tiny_config(), headers=wrong).status_code == 401
+        right = {"Authorization": "Bearer s3cret"}
+        experiment = c.post("/api/experiments", json=tiny_config(), headers=right).json()
+        assert c.get("/api/experiments").status_code == 200
+        assert c.post(f"/api/experiments/{experiment['id']}/launch").status_code == 401
+        assert c.delete(f"/api/experiments/{experiment['id']}").status_code == 401
+        assert c.get("/api/info").json()["auth_required"] is True
+
+
+def test_non_loopback_bind_requires_a_token():
+    with pytest.raises(ValidationError, match="token"):
+        Settings(host="0.0.0.0")
+    assert Settings(host="0.0.0.0", token="t").host == "0.0.0.0"
+    assert Settings(host="::1").base_url == "http://[::1]:8080"
+
+
+def test_cross_site_requests_are_refused(client):
+    evil = {"Origin": "http://evil.example"}
+    response = client.post("/api/experiments", json=tiny_config(), headers=evil)
+    assert response.status_code == 403
+    assert client.get("/api/info", headers={"Host": "evil.example:8080"}).status_code == 403
+    same = {"Origin": BASE}
+    assert client.post("/api/experiments", json=tiny_config(), headers=same).status_code == 201
+
+
+def test_ingestion_requires_the_run_token(client):
+    run_id, headers = attach(client, create(client)["id"])
+    event = client_event(run_id, 1, 0)
+    assert client.post(f"/api/runs/{run_id}/events", json=event).status_code == 401
+    bad = {"Authorization": "Bearer not-the-token"}
+    assert client.post(f"/api/runs/{run_id}/events", json=event, headers=bad).status_code == 401
+    other_id, other_headers = attach(client, create(client)["id"])
+    response = client.post(f"/api/runs/{run_id}/events", json=event, headers=other_headers)
+    assert response.status_code == 401
+    assert client.post("/api/runs/nope/events", json=event, headers=headers).status_code == 404
+    assert client.get(f"/api/runs/{run_id}/clients").json() == []
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda e: e.update(run_id="someone-else"), "run_id"),
+    (lambda e: e["client"].update(num_examples=2**70), "client.num_examples"),
+    (lambda e: e["client"].update(status="exploded"), "client.status"),
+    (lambda e: e.update(round={"round": 1, "accuracy": 0.5, "loss": 1.0}), ""),
+])
+def test_invalid_events_are_422_and_change_nothing(client, mutate, field):
+    run_id, headers = attach(client, create(client)["id"])
+    post(client, run_id, headers, client_event(run_id, 1, 0, accuracy=0.25))
+    before = client.get(f"/api/runs/{run_id}").json()
+    event = client_event(run_id, 1, 0, accuracy=0.75)
+    mutate(event)
+    response = client.post(f"/api/runs/{run_id}/events", json=event, headers=headers)
+    assert field in field_errors(response)
+    assert client.get(f"/api/runs/{run_id}").json() == before
+
+
+def test_non_finite_numbers_are_refused(client):
+    run_id, headers = attach(client, create(client)["id"])
+    body = json.dumps({"run_id": run_id, "round": {"round": 1, "accuracy": float("nan"),
+                                                   "loss": 1.0}})  # json writes NaN
+    response = client.post(f"/api/runs/{run_id}/events", content=body,
+                           headers={**headers, "Content-Type": "application/json"})
+    assert "round.accuracy" in field_errors(response)
+
+
+def test_events_build_the_run_and_resent_events_replace_rows(client):
+    run_id, headers = attach(client, create(client)["id"])
+    post(client, run_id, headers, {"run_id": run_id, "round": {"round": 0, "accuracy": 0.4,
+                                                                 "loss": 1.5}})
+    post(client, run_id, headers, client_event(
+        run_id, 1, 0, peak_bytes=5000, budget_bytes=8000, ranks=[[2, 3, 4, 4]], method="hosvd",
+        node_id=2**64 - 1))
+    post(client, run_id, headers, client_event(run_id, 1, 1, status="oom",
+                                               reason="out of memory: needs 9 bytes, budget 8"))
+    post(client, run_id, headers, client_event(run_id, 1, 1, status="oom", reason="re-sent"))
+    detail = client.get(f"/api/runs/{run_id}").json()
+    assert detail["run"]["status"] == "running"
+    assert [r["round"] for r in detail["rounds"]] == [0]
+    rows = {c["partition_id"]: c for c in detail["clients"]}
+    assert len(detail["clients"]) == 2
+    assert rows[0]["node_id"] == 2**64 - 1 and rows[0]["ranks"] == [[2, 3, 4, 4]]
+    assert rows[1]["reason"] == "re-sent"
+    assert len(client.get(f"/api/runs/{run_id}/clients", params={"round": 1}).json()) == 2
+    assert client.get(f"/api/runs/{run_id}/clients", params={"round": 2}).json() == []
+    assert client.get(f"/api/runs/{run_id}/rounds").json()[0]["accuracy"] == 0.4
+
+
+def test_terminal_state_is_final_but_later_events_are_kept(client):
+    run_id, headers = attach(client, create(client)["id"])
+    post(client, run_id, headers, {"run_id": run_id, "state": {"status": "finished"}})
+    post(client, run_id, headers, {"run_id": run_id, "state": {"status": "running"}})
+    post(client, run_id, headers, client_event(run_id, 2, 0))
+    detail = client.get(f"/api/runs/{run_id}").json()
+    assert detail["run"]["status"] == "finished" and detail["run"]["finished_at"]
+    assert len(detail["clients"]) == 1
+    assert client.post(f"/api/runs/{run_id}/cancel").status_code == 409
+
+
+def test_etag_lets_readers_skip_unchanged_runs(client):
+    run_id, headers = attach(client, create(client)["id"])
+    first = client.get(f"/api/runs/{run_id}")
+    etag = first.headers["ETag"]
+    assert client.get(f"/api/runs/{run_id}", headers={"If-None-Match": etag}).status_code == 304
+    post(client, run_id, headers, client_event(run_id, 1, 0))
+    again = client.get(f"/api/runs/{run_id}", headers={"If-None-Match": etag})
+    assert again.status_code == 200 and len(again.json()["clients"]) == 1
+
+
+def stream_messages(client, run_id, **params) -> list[tuple[str, str, dict]]:
+    with client.stream("GET", f"/api/runs/{run_id}/stream", params=params) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = response.read().decode()
+    messages = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in fields:
+            messages.append((fields.get("id"), fields["event"], json.loads(fields["data"])))
+    return messages
+
+
+def test_stream_replays_the_log_and_resumes(client):
+    run_id, headers = attach(client, create(client)["id"])
+    ids = [post(client, run_id, headers, client_event(run_id, 1, p))["event_id"]
+           for p in range(3)]
+    post(client, run_id, headers, {"run_id": run_id, "state": {"status": "finished"}})
+    messages = stream_messages(client, run_id)
+    assert [kind for _, kind, _ in messages] == ["state", "client", "client", "client", "state",
+                                                 "end"]
+    assert messages[2][2]["client"]["partition_id"] == 1
+    resumed = stream_messages(client, run_id, after=ids[1])
+    assert [int(i) for i, kind, _ in resumed if kind == "client"] == [ids[2]]
+    assert client.get("/api/runs/nope/stream").status_code == 404
+
+
+def test_export_one_run_and_all(client):
+    run_id, headers = attach(client, create(client)["id"])
+    post(client, run_id, headers, client_event(run_id, 1, 0, ranks=[[1, 2]], peak_bytes=10))
+    post(client, run_id, headers, {"run_id": run_id, "round": {"round": 1, "accuracy": 0.6,
+                                                                 "loss": 1.0}})
+    other_id, other_headers = attach(client, create(client)["id"])
+    post(client, other_id, other_headers, client_event(other_id, 1, 3))
+    response = client.get(f"/api/runs/{run_id}/export", params={"format": "csv"})
+    assert response.headers["content-disposition"].startswith("attachment")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert len(rows) == 1 and rows[0]["ranks"] == "[[1, 2]]" and rows[0]["peak_bytes"] == "10"
+    rounds = client.get(f"/api/runs/{run_id}/export", params={"format": "csv",
+                                                               "table": "rounds"}).text
+    assert list(csv.DictReader(io.StringIO(rounds)))[0]["accuracy"] == "0.6"
+    assert client.get(f"/api/runs/{run_id}/export").json()["run"]["id"] == run_id
+    all_rows = list(csv.DictReader(io.StringIO(
+        client.get("/api/export", params={"format": "csv"}).text)))
+    assert {r["run_id"] for r in all_rows} == {run_id, other_id}
+    assert len(client.get("/api/export").json()) == 2
+    assert "format" in field_errors(client.get("/api/export", params={"format": "xml"}))
+
+
+def test_compare_marks_the_pareto_front(client):
+    runs = {}
+    for name, peak, accuracy in [("small", 1_000, 0.6), ("big", 9_000, 0.8),
+                                 ("worse", 5_000, 0.5)]:
+        run_id, headers = attach(client, create(client, name=name)["id"])
+        post(client, run_id, headers, client_event(run_id, 1, 0, peak_bytes=peak))
+        post(client, run_id, headers, client_event(run_id, 1, 1, status="oom"))
+        post(client, run_id, headers, {"run_id": run_id, "round": {
+            "round": 1, "accuracy": accuracy, "loss": 1.0}})
+        runs[name] = run_id
+    body = client.get("/api/compare", params={"run": list(runs.values())}).json()
+    front = {r["experiment_name"]: r["pareto"] for r in body["runs"]}
+    assert front == {"small": True, "big": True, "worse": False}
+    worse = next(r for r in body["runs"] if r["experiment_name"] == "worse")
+    assert worse["num_oom"] == 1 and worse["peak_bytes_mean"] == 5000
+    assert len(client.get("/api/compare").json()["runs"]) == 3
+    assert client.get("/api/compare", params={"run": "missing"}).status_code == 404
+
+
+def test_cancel_queued_run_and_delete_conflicts(client):
+    experiment = create(client)
+    launched = client.post(f"/api/experiments/{experiment['id']}/launch",
+                           json={"engine": "simulation"})
+    assert launched.status_code == 202 and launched.json()["status"] == "queued"
+    run_id = launched.json()["id"]
+    assert client.delete(f"/api/experiments/{experiment['id']}").status_code == 409
+    cancelled = client.post(f"/api/runs/{run_id}/cancel")
+    assert cancelled.status_code == 202
+    assert client.get(f"/api/runs/{run_id}").json()["run"]["status"] == "cancelled"
+    assert client.post(f"/api/runs/{run_id}/cancel").status_code == 409
+    assert "engine" in field_errors(client.post(
+        f"/api/experiments/{experiment['id']}/launch", json={"engine": "warp"}))
+    assert client.delete(f"/api/experiments/{experiment['id']}").status_code == 204
+
+
+def test_restart_marks_runs_in_flight_interrupted(tmp_path):
+    with make_client(tmp_path) as c:
+        run_id, headers = attach(c, create(c)["id"])
+        post(c, run_id, headers, client_event(run_id, 1, 0))
+        done_id, done_headers = attach(c, create(c)["id"])
+        post(c, done_id, done_headers, {"run_id": done_id, "state": {"status": "finished"}})
+    with make_client(tmp_path) as c:
+        run = c.get(f"/api/runs/{run_id}").json()
+        assert run["run"]["status"] == "interrupted" and len(run["clients"]) == 1
+        assert c.get(f"/api/runs/{done_id}").json()["run"]["status"] == "finished"
+
+
+def test_catalogue_schema_and_pages(client):
+    devices = client.get("/api/devices").json()
+    assert {"mcu", "rpi5"} <= {p["name"] for p in devices["profiles"]}
+    schema = client.get("/api/schema/experiment").json()
+    assert "fleet" in schema["required"] and "compression" in schema["properties"]
+    for page in ("/", "/experiments/new", "/compare", "/runs/abc"):
+        response = client.get(page)
+        assert response.status_code == 200 and "<header>" in response.text
+    for asset in ("api.js", "charts.js", "new.js", "run.js", "compare.js", "style.css"):
+        assert client.get(f"/static/{asset}").status_code == 200
