@@ -1,0 +1,98 @@
+"""Cheap-to-backpropagate versions of the layers between the compressed convolutions.
+
+- ReLU / ReLU6: Y = clamp(X, 0, u) and dX = dY * 1[0 < X < u]; the indicator is kept as a
+  1-bit mask (8 per uint8 byte) instead of torch's float copy of Y.
+- Frozen BatchNorm in eval mode: Y = X * scale + shift with scale = gamma / sqrt(var + eps),
+  shift = beta - mean * scale, so dX = dY * scale: only the C-sized scale is kept.
+
+The classes subclass the torch layers and are swapped in place (``module.__class__``), so
+parameters, buffers and state-dict keys stay the same objects and names.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+_BIT_VALUES = 2 ** torch.arange(8, dtype=torch.uint8)
+
+
+def pack_bits(mask: Tensor) -> Tensor:
+    """A boolean tensor as ceil(numel / 8) uint8 bytes (element i is bit i % 8 of byte i//8)."""
+    flat = mask.reshape(-1)
+    if flat.numel() % 8:
+        flat = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)])
+    bits = flat.view(-1, 8).to(torch.uint8)
+    return (bits * _BIT_VALUES.to(mask.device)).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: Tensor, shape: torch.Size) -> Tensor:
+    """Inverse of ``pack_bits``: the boolean tensor of ``shape``."""
+    bits = (packed.unsqueeze(1) & _BIT_VALUES.to(packed.device)).ne(0)
+    return bits.reshape(-1)[: shape.numel()].reshape(shape)
+
+
+class MaskedClamp(torch.autograd.Function):
+    """Y = clamp(X, 0, upper); saves the 1-bit mask 1[0 < X < upper] (upper None: ReLU)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, upper: float | None) -> Tensor:
+        mask = x > 0 if upper is None else (x > 0) & (x < upper)
+        ctx.shape = x.shape
+        ctx.save_for_backward(pack_bits(mask))
+        return x.clamp(0.0, upper)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, dy: Tensor):
+        (packed,) = ctx.saved_tensors
+        return dy * unpack_bits(packed, ctx.shape), None
+
+
+class LeanReLU(nn.ReLU):
+    """nn.ReLU whose backward keeps 1 bit per element."""
+
+    plain = nn.ReLU
+
+    def forward(self, x: Tensor) -> Tensor:
+        return MaskedClamp.apply(x, None) if x.requires_grad else super().forward(x)
+
+
+class LeanReLU6(nn.ReLU6):
+    """nn.ReLU6 whose backward keeps 1 bit per element."""
+
+    plain = nn.ReLU6
+
+    def forward(self, x: Tensor) -> Tensor:
+        return MaskedClamp.apply(x, 6.0) if x.requires_grad else super().forward(x)
+
+
+class EvalBatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d pinned to eval mode: ``train()`` cannot switch it back (Setup B)."""
+
+    plain = nn.BatchNorm2d
+
+    def train(self, mode: bool = True) -> EvalBatchNorm2d:
+        return super().train(False)
+
+
+class FrozenBatchNorm2d(EvalBatchNorm2d):
+    """Eval-mode BatchNorm as Y = X * scale + shift with frozen statistics and affine terms.
+
+    With scale and shift not requiring grad, autograd keeps only ``scale`` (C values) for
+    dX = dY * scale, never X.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            scale = torch.rsqrt(self.running_var + self.eps)
+            shift = -self.running_mean * scale
+            if self.affine:
+                shift = self.bias + shift * self.weight
+                scale = scale * self.weight
+        return torch.addcmul(shift[:, None, None], x, scale[:, None, None])
+
+
+LEAN = {nn.ReLU: LeanReLU, nn.ReLU6: LeanReLU6, nn.BatchNorm2d: FrozenBatchNorm2d}

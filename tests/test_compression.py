@@ -1,0 +1,378 @@
+"""Compressed-activation ops: exactness at full rank, the truncated math, the wrapping
+contract, lean layers, gradient filtering, ASI and argument checks."""
+
+from __future__ import annotations
+
+import copy
+from itertools import product
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.grad import conv2d_weight
+
+from common.compression import (
+    Tucker,
+    compressed_bytes,
+    hosvd,
+    layer_ranks,
+    reference_hosvd,
+    trainable_layers,
+    wrap_last_layers,
+    wrapped_layers,
+)
+from common.compression.conv import ConvGeometry, tucker_conv_weight_grad
+from common.compression.lean import pack_bits, unpack_bits
+from common.compression.linear import tucker_linear_weight_grad
+from common.compression.rank import eps_ranks
+
+DTYPE = torch.float64
+# (in_channels, out_channels, groups): standard, depthwise, depthwise x2 multiplier, grouped
+CONV_KINDS = {"standard": (6, 5, 1), "depthwise": (6, 6, 6), "multiplier": (4, 8, 4),
+              "grouped": (8, 6, 2)}
+# (stride, padding, dilation): every value of each, and the awkward combinations together
+GEOMETRIES = [(1, 0, 1), (2, 1, 1), (1, (1, 2), 2), (2, (1, 2), 2), (2, 0, 2), (1, 1, 2)]
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def make_conv(kind: str, stride, padding, dilation) -> nn.Conv2d:
+    c, o, groups = CONV_KINDS[kind]
+    return nn.Conv2d(c, o, 3, stride, padding, dilation, groups, dtype=DTYPE)
+
+
+def grads(model: nn.Module, layer: nn.Module, x: torch.Tensor, dy_seed: int = 1):
+    """(dX, dW, db) of ``layer`` inside ``model`` for a fixed random output gradient."""
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    y = model(x)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(dy_seed), dtype=y.dtype)
+    y.backward(dy)
+    return x.grad, layer.weight.grad, layer.bias.grad
+
+
+def spy_tuckers(layer: nn.Module) -> list[Tucker]:
+    """Record the Tucker tensors a wrapped layer's real ``compress`` returns."""
+    seen: list[Tucker] = []
+    compress = layer.method.compress
+
+    def recording(x: torch.Tensor) -> Tucker:
+        seen.append(compress(x))
+        return seen[-1]
+
+    layer.method.compress = recording
+    return seen
+
+
+# ---------------------------------------------------------------- full rank = vanilla
+
+@pytest.mark.parametrize("stride,padding,dilation", GEOMETRIES)
+@pytest.mark.parametrize("kind", CONV_KINDS)
+def test_full_rank_conv_equals_vanilla(kind, stride, padding, dilation):
+    torch.manual_seed(0)
+    reference = make_conv(kind, stride, padding, dilation)
+    x = torch.randn(3, reference.in_channels, 9, 8, dtype=DTYPE)
+    for method in ("svd", "hosvd", "asi"):
+        conv = copy.deepcopy(reference)
+        model = wrap_last_layers(nn.Sequential(conv), method, 1, eps=1.0)
+        for step in range(2):  # asi: the second step runs the warm-started path
+            got, want = grads(model, conv, x, step), grads(reference, reference, x, step)
+            for g, w in zip(got, want, strict=True):
+                assert rel(g, w) < 1e-4, method
+
+
+@pytest.mark.parametrize("method", ["svd", "hosvd", "asi"])
+@pytest.mark.parametrize("shape", [(7, 12), (4, 5, 12)])
+def test_full_rank_linear_equals_vanilla(shape, method):
+    torch.manual_seed(0)
+    linear = nn.Linear(12, 5, dtype=DTYPE)
+    reference = copy.deepcopy(linear)
+    model = wrap_last_layers(nn.Sequential(linear), method, 1, eps=1.0)
+    x = torch.randn(shape, dtype=DTYPE)
+    for g, w in zip(grads(model, linear, x), grads(reference, reference, x), strict=True):
+        assert rel(g, w) < 1e-4
+
+
+# ---------------------------------------------------------------- truncated math
+
+def random_tucker(shape, ranks, identity=()) -> Tucker:
+    """Orthonormal random factors (None where ``identity``) and a random core."""
+    factors = tuple(
+        None if n in identity else torch.linalg.qr(torch.randn(size, k, dtype=DTYPE)).Q
+        for n, (size, k) in enumerate(zip(shape, ranks, strict=True))
+    )
+    core_shape = [size if u is None else u.shape[1] for size, u in zip(shape, factors, strict=True)]
+    return Tucker(torch.randn(core_shape, dtype=DTYPE), factors)
+
+
+@pytest.mark.parametrize("stride,padding,dilation", GEOMETRIES)
+@pytest.mark.parametrize("kind", CONV_KINDS)
+def test_conv_weight_grad_from_factors(kind, stride, padding, dilation):
+    """dW from the factors = dW of the reconstructed X, for channel ranks below and above
+    the group width (both contraction orders) and identity factors."""
+    torch.manual_seed(0)
+    conv = make_conv(kind, stride, padding, dilation)
+    g = ConvGeometry(conv.stride, conv.padding, conv.dilation, conv.groups)
+    for k1, identity in product((1, conv.in_channels - 1), ((), (0, 2), (1,))):
+        t = random_tucker((4, conv.in_channels, 9, 8), (2, k1, 5, 6), identity)
+        x = t.to_tensor()
+        dy = torch.randn(conv(x).shape, dtype=DTYPE)
+        want = conv2d_weight(x, conv.weight.shape, dy, conv.stride, conv.padding,
+                             conv.dilation, conv.groups)
+        assert rel(tucker_conv_weight_grad(t, dy, conv.weight.shape, g), want) < 1e-10
+
+
+@pytest.mark.parametrize("shape,ranks", [((7, 12), (3, 4)), ((4, 5, 12), (2, 3, 4))])
+def test_linear_weight_grad_from_factors(shape, ranks):
+    t = random_tucker(shape, ranks)
+    dy = torch.randn(*shape[:-1], 5, dtype=DTYPE)
+    want = dy.reshape(-1, 5).T @ t.to_tensor().reshape(-1, shape[-1])
+    assert rel(tucker_linear_weight_grad(t, dy), want) < 1e-10
+
+
+@pytest.mark.parametrize("method,params", [("svd", {"eps": 0.7}), ("hosvd", {"eps": 0.8}),
+                                           ("asi", {"eps": 0.8}), ("hosvd", {"rank": 3}),
+                                           ("hosvd", {"budget_bytes": 3000})])
+@pytest.mark.parametrize("kind", CONV_KINDS)
+def test_truncated_conv_equals_reconstruction(kind, method, params):
+    """eps < 1: dW = the vanilla dW on the reconstructed truncated activation (same ranks);
+    dX stays exact."""
+    torch.manual_seed(0)
+    conv = make_conv(kind, 2, (1, 2), 1)
+    reference = copy.deepcopy(conv)
+    model = wrap_last_layers(nn.Sequential(conv), method, 1, **params)
+    seen = spy_tuckers(conv)
+    for step in range(2):
+        x = torch.randn(6, conv.in_channels, 9, 8, dtype=DTYPE) + step
+        dx, dw, db = grads(model, conv, x, step)
+        assert seen[-1].ranks == layer_ranks(model)[0]
+        assert layer_ranks(model)[0] != list(x.shape)  # something was truncated
+        rdx, _, rdb = grads(reference, reference, x, step)
+        _, rdw, _ = grads(reference, reference, seen[-1].to_tensor(), step)
+        assert rel(dx, rdx) < 1e-10 and rel(db, rdb) < 1e-10
+        assert rel(dw, rdw) < 1e-4
+
+
+@pytest.mark.parametrize("method", ["svd", "hosvd", "asi"])
+@pytest.mark.parametrize("shape", [(16, 12), (4, 5, 12)])
+def test_truncated_linear_equals_reconstruction(shape, method):
+    torch.manual_seed(0)
+    linear = nn.Linear(12, 5, dtype=DTYPE)
+    reference = copy.deepcopy(linear)
+    model = wrap_last_layers(nn.Sequential(linear), method, 1, eps=0.7)
+    seen = spy_tuckers(linear)
+    x = torch.randn(shape, dtype=DTYPE)
+    _, dw, _ = grads(model, linear, x)
+    assert seen[-1].ranks != list(shape)
+    _, want, _ = grads(reference, reference, seen[-1].to_tensor())
+    assert rel(dw, want) < 1e-4
+
+
+def test_hosvd_matches_full_svd_reference():
+    """Gram-route HOSVD: the reference's ranks and the same reconstruction."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 8, 6, 5) @ torch.randn(5, 5)  # correlated last mode
+    for eps in (0.5, 0.8, 0.9):
+        mine = hosvd(x, lambda shape, ratios, e=eps: eps_ranks(shape, ratios, e), range(4))
+        ref = reference_hosvd(x, eps)
+        assert mine.ranks == ref.ranks
+        assert rel(mine.to_tensor(), ref.to_tensor()) < 1e-3
+
+
+# ---------------------------------------------------------------- wrapping contract
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU6(),
+        )
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["vanilla", "svd", "hosvd", "asi", "gradfilter"])
+def test_wrap_contract(method):
+    torch.manual_seed(0)
+    model = Net()
+    keys = list(model.state_dict())
+    params = dict(model.named_parameters())
+    model = wrap_last_layers(model, method, 3)
+    assert list(model.state_dict()) == keys
+    assert all(params[n] is p for n, p in model.named_parameters())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"{m}.{w}" for m in ("features.3", "features.6", "head")
+                         for w in ("weight", "bias")}
+    assert [n for n, _ in wrapped_layers(model)] == ["features.3", "features.6", "head"]
+    assert len(trainable_layers(model)) == 4
+    model.train()
+    assert not any(m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+    grouped = model.features[3].weight
+    before = grouped.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    assert not torch.equal(grouped, before)
+    assert compressed_bytes(model) > 0
+    assert len(layer_ranks(model)) == 3
+
+
+def test_rewrap_and_lean_region():
+    model = wrap_last_layers(Net(), "hosvd", 2)
+    lean = [type(m).__name__ for m in model.features]
+    assert lean[:6] == ["Conv2d", "EvalBatchNorm2d", "ReLU6", "Conv2d", "EvalBatchNorm2d",
+                        "ReLU"]
+    assert lean[6:] == ["CompressedConv2d", "FrozenBatchNorm2d", "LeanReLU6"]
+    model = wrap_last_layers(model, "vanilla", 1)
+    assert [type(m).__name__ for m in model.features][6:] == ["Conv2d", "EvalBatchNorm2d",
+                                                              "ReLU6"]
+
+
+def test_budget_caps_stored_bytes():
+    torch.manual_seed(0)
+    model = wrap_last_layers(Net(), "hosvd", 3, budget_bytes=4000)
+    model(torch.randn(16, 3, 8, 8)).sum().backward()
+    vanilla = wrap_last_layers(Net(), "vanilla", 3)
+    vanilla(torch.randn(16, 3, 8, 8)).sum().backward()
+    assert 2000 < compressed_bytes(model) <= 4000 < compressed_bytes(vanilla)
+
+
+# ---------------------------------------------------------------- lean layers
+
+def saved_bytes(fn, x: torch.Tensor) -> int:
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn(x)
+    return y, total
+
+
+@pytest.mark.parametrize("n", [1, 8, 13, 1000])
+def test_bits_roundtrip(n):
+    mask = torch.rand(n) > 0.5
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-n // 8)
+    assert torch.equal(unpack_bits(packed, mask.shape), mask)
+
+
+@pytest.mark.parametrize("index", [2, 5, 7])  # ReLU6, ReLU, BatchNorm
+def test_lean_layers_match_torch(index):
+    torch.manual_seed(0)
+    plain = Net().eval()
+    plain.features[7].running_var.uniform_(0.5, 2.0)
+    lean = wrap_last_layers(copy.deepcopy(plain), "hosvd", 4).features[index]
+    x = torch.randn(4, 8, 5, 5) * 4  # past 6 too
+    x[0, 0, 0, :2] = torch.tensor([0.0, 6.0])  # the clamp edges
+    results = []
+    for layer in (plain.features[index], lean):
+        xi = x.clone().requires_grad_(True)
+        y, nbytes = saved_bytes(layer, xi)
+        y.backward(torch.arange(y.numel(), dtype=y.dtype).reshape(y.shape))
+        results.append((y, xi.grad, nbytes))
+    (y, dx, torch_bytes), (ly, ldx, lean_bytes) = results
+    assert torch.allclose(y, ly, atol=1e-6) and torch.allclose(dx, ldx, atol=1e-6)
+    assert lean_bytes <= max(x.numel() // 8, 8 * 4) < torch_bytes
+
+
+# ---------------------------------------------------------------- gradient filter
+
+@pytest.mark.parametrize("radius", [2, 4])
+@pytest.mark.parametrize("kind,stride", [("standard", 1), ("grouped", 2), ("depthwise", 2)])
+def test_gradfilter_conv_equals_pooled_computation(kind, stride, radius):
+    torch.manual_seed(0)
+    conv = make_conv(kind, stride, 1, 1)
+    model = wrap_last_layers(nn.Sequential(conv), "gradfilter", 1, radius=radius)
+    x = torch.randn(2, conv.in_channels, 11, 10, dtype=DTYPE)
+    _, dw, _ = grads(model, conv, x)
+    dy = torch.randn(conv(x).shape, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
+    want = torch.zeros_like(conv.weight)
+    cg, og, step = conv.in_channels // conv.groups, conv.out_channels // conv.groups, radius
+    for ph, pw in product(range(-(-dy.shape[2] // step)), range(-(-dy.shape[3] // step))):
+        dy_sum = dy[:, :, ph * step:(ph + 1) * step, pw * step:(pw + 1) * step].sum((2, 3))
+        xs = step * stride
+        x_mean = x[:, :, ph * xs:(ph + 1) * xs, pw * xs:(pw + 1) * xs]
+        x_mean = x_mean.mean((2, 3)) if x_mean.numel() else torch.zeros(x.shape[:2])
+        for o in range(conv.out_channels):
+            group = o // og
+            want[o, :, :, :] += (dy_sum[:, o, None] * x_mean[:, group * cg:(group + 1) * cg]
+                                 ).sum(0)[:, None, None]
+    assert rel(dw, want) < 1e-10
+    patches = -(-dy.shape[2] // radius) * -(-dy.shape[3] // radius)
+    assert compressed_bytes(model) == x.shape[0] * x.shape[1] * patches * x.element_size()
+
+
+def test_gradfilter_linear_tokens():
+    linear = nn.Linear(6, 3, dtype=DTYPE)
+    model = wrap_last_layers(nn.Sequential(linear), "gradfilter", 1, radius=2)
+    x = torch.randn(2, 5, 6, dtype=DTYPE)
+    _, dw, _ = grads(model, linear, x)
+    dy = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
+    want = sum(dy[:, p:p + 2].sum(1).T @ x[:, p:p + 2].mean(1) for p in (0, 2, 4))
+    assert rel(dw, want) < 1e-10
+
+
+# ---------------------------------------------------------------- ASI
+
+def test_asi_fixed_ranks_and_convergence():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 4, 3, padding=1)
+    model = wrap_last_layers(nn.Sequential(conv), "asi", 1, rank=(3, 2, 4, 4))
+    ranks = []
+    for _ in range(3):
+        model(torch.randn(8, 8, 6, 6)).sum().backward()
+        ranks.append(layer_ranks(model)[0])
+    assert ranks == [[3, 2, 4, 4]] * 3
+    # a fixed low-rank-ish input: the iterated factors reach the HOSVD subspace
+    x = hosvd(torch.randn(8, 8, 6, 6), lambda s, r: (3, 2, 4, 4), range(4)).to_tensor()
+    x = x + 1e-3 * torch.randn_like(x)
+    for _ in range(30):
+        model(x).sum().backward()
+    reference = hosvd(x, lambda s, r: (3, 2, 4, 4), range(4))
+    for u, v in zip(conv.method.factors, reference.factors, strict=True):
+        assert torch.allclose(u @ u.T, v @ v.T, atol=1e-3)
+
+
+# ---------------------------------------------------------------- argument checks
+
+@pytest.mark.parametrize("method,last_k,params,name", [
+    ("qr", 1, {}, "method"),
+    ("svd", 0, {}, "last_k"),
+    ("svd", 5, {}, "last_k"),
+    ("svd", 1, {"eps": 0.0}, "eps"),
+    ("hosvd", 1, {"eps": 1.5}, "eps"),
+    ("asi", 1, {"rank": 0}, "rank"),
+    ("hosvd", 1, {"rank": (2, 0)}, "rank"),
+    ("asi", 1, {"rank": 2, "budget_bytes": 10}, "rank"),
+    ("hosvd", 1, {"budget_bytes": 0}, "budget_bytes"),
+    ("gradfilter", 1, {"radius": 3}, "radius"),
+    ("svd", 1, {"rank": 2}, "rank"),
+    ("vanilla", 1, {"eps": 0.8}, "eps"),
+])
+def test_bad_arguments_name_the_argument(method, last_k, params, name):
+    with pytest.raises(ValueError, match=name):
+        wrap_last_layers(Net(), method, last_k, **params)
+
+
+def test_rank_tuple_must_match_modes():
+    model = wrap_last_layers(nn.Sequential(nn.Linear(4, 2)), "hosvd", 1, rank=(2, 2, 2, 2))
+    with pytest.raises(ValueError, match="rank"):
+        model(torch.randn(3, 4))
+
+
+def test_unsupported_padding_names_the_layer():
+    with pytest.raises(ValueError, match="padding"):
+        wrap_last_layers(nn.Sequential(nn.Conv2d(2, 2, 3, padding="same")), "hosvd", 1)
