@@ -1,0 +1,255 @@
+"""Measured memory footprint of one training step, and budget checks.
+
+``measure`` runs one real forward/backward (and optimizer step, when given one) and reports:
+
+- ``activation_bytes``: what autograd really keeps for backward. Every tensor packed by
+  ``torch.autograd.graph.saved_tensors_hooks`` during the forward is counted once per untyped
+  storage (a view saved twice, or two views of one buffer, count once, at the storage's full
+  size); storages of model parameters and buffers are excluded (they are ``param_bytes``).
+  Compressed layers that keep factors through ``ctx.save_for_backward`` are counted the same way.
+- ``compressed_bytes``: the paper's metric, bytes the trainable Conv2d/Linear layers store for
+  dW -- ``common.compression.compressed_bytes`` for a wrapped model; for a plain model the
+  bytes of the inputs those layers saw (what vanilla backprop keeps for dW).
+- ``param_bytes`` / ``trainable_param_bytes``: all parameters / those with ``requires_grad``.
+- ``grad_bytes``: the ``.grad`` storages of the trainable parameters after the backward.
+- ``optimizer_bytes``: the optimizer's state tensors after one step; without an optimizer, what
+  SGD with momentum would hold (one buffer per trainable parameter).
+- ``peak_forward_bytes``: the largest number of bytes held at once during the forward (and loss)
+  by tensors the forward created, plus the input batch. Tracked with a ``TorchDispatchMode``:
+  each output storage of an aten op is added when first seen and subtracted when it is freed
+  (``weakref.finalize`` on the storage). Views and in-place results share a storage and count
+  once; parameters and buffers are excluded. It sees every tensor the ops allocate, not kernel
+  scratch space (e.g. oneDNN workspaces), allocator caching or fragmentation: a lower bound of
+  what the process's RSS grows by, exact at the tensor level.
+
+Derived: ``training_bytes = activation + grad + optimizer`` (what a device's training-memory
+budget must hold, the weights being stored anyway), ``transient_bytes = max(0, peak_forward -
+activation)`` (temporaries of the forward on top of what is kept) and ``total_bytes = param +
+training + transient``.
+
+``measure`` leaves the model and optimizer as it found them: parameters, buffers (BatchNorm
+running statistics), gradients, optimizer state and the RNG state are restored afterwards.
+State a method keeps outside the state dict (e.g. ASI's warm-start factors) does advance.
+"""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Callable, Iterable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from common.compression import compressed_bytes as wrapped_compressed_bytes
+from common.compression import wrapped_layers
+
+Bytes = int
+
+
+class MemoryReport(BaseModel):
+    """Bytes of one measured training step (see the module docstring for each field)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_size: int = Field(ge=0)
+    activation_bytes: Bytes = Field(ge=0)
+    compressed_bytes: Bytes = Field(ge=0)
+    param_bytes: Bytes = Field(ge=0)
+    trainable_param_bytes: Bytes = Field(ge=0)
+    grad_bytes: Bytes = Field(ge=0)
+    optimizer_bytes: Bytes = Field(ge=0)
+    peak_forward_bytes: Bytes = Field(ge=0)
+
+    @computed_field
+    @property
+    def training_bytes(self) -> Bytes:
+        return self.activation_bytes + self.grad_bytes + self.optimizer_bytes
+
+    @computed_field
+    @property
+    def transient_bytes(self) -> Bytes:
+        return max(0, self.peak_forward_bytes - self.activation_bytes)
+
+    @computed_field
+    @property
+    def total_bytes(self) -> Bytes:
+        return self.param_bytes + self.training_bytes + self.transient_bytes
+
+
+def storage_key(tensor: torch.Tensor) -> tuple[int, int] | None:
+    """(data pointer, bytes) of the tensor's untyped storage; None for an empty storage."""
+    storage = tensor.untyped_storage()
+    nbytes = storage.nbytes()
+    return (storage.data_ptr(), nbytes) if nbytes else None
+
+
+def storage_bytes(tensors: Iterable[torch.Tensor]) -> Bytes:
+    """Bytes of the distinct storages behind ``tensors``."""
+    keys = {storage_key(t) for t in tensors}
+    return sum(key[1] for key in keys if key is not None)
+
+
+def _model_pointers(model: nn.Module) -> set[int]:
+    return {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+
+
+class SavedTensors:
+    """Context manager: the distinct storages autograd saves for backward, minus ``exclude``."""
+
+    def __init__(self, exclude: set[int]) -> None:
+        self.exclude = exclude
+        self.storages: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = storage_key(tensor)
+        if key is not None and key[0] not in self.exclude:
+            self.storages[key[0]] = key[1]
+        return tensor
+
+    @property
+    def nbytes(self) -> Bytes:
+        return sum(self.storages.values())
+
+    def __enter__(self) -> SavedTensors:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+class LiveTensors(TorchDispatchMode):
+    """Tracks the bytes of live storages created by aten ops, and their peak.
+
+    A storage is counted from the first op output that uses it until it is freed; storages
+    whose data pointer is in ``exclude`` (parameters, buffers, inputs) are never counted.
+    """
+
+    def __init__(self, exclude: set[int]) -> None:
+        super().__init__()
+        self.exclude = exclude
+        self.tracked: set[int] = set()
+        self.live = 0
+        self.peak = 0
+
+    def _free(self, pointer: int, nbytes: int) -> None:
+        self.tracked.discard(pointer)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            pointer, nbytes = storage.data_ptr(), storage.nbytes()
+            if nbytes == 0 or pointer in self.exclude or pointer in self.tracked:
+                continue
+            self.tracked.add(pointer)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, pointer, nbytes).atexit = False
+        return out
+
+
+def _with_input_bytes(
+    model: nn.Module, run: Callable[[], torch.Tensor]
+) -> tuple[torch.Tensor, Bytes]:
+    """``run()`` and the input bytes its forward fed to trainable Conv2d/Linear layers."""
+    seen: list[int] = []
+
+    def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        seen.append(inputs[0].numel() * inputs[0].element_size())
+
+    handles = [
+        m.register_forward_pre_hook(record)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and m.weight.requires_grad
+    ]
+    try:
+        return run(), sum(seen)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [
+        value
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor)
+    ]
+
+
+def measure(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> MemoryReport:
+    """Measure one training step of ``model`` on (inputs, targets); the model is unchanged.
+
+    The model is used in whatever train/eval mode the caller set.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    saved_weights = {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()}
+    saved_grads = [p.grad for p in trainable]
+    saved_optimizer = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+    for p in trainable:
+        p.grad = None
+    exclude = _model_pointers(model)
+    live = LiveTensors(exclude | {inputs.untyped_storage().data_ptr()})
+    try:
+        with torch.random.fork_rng(devices=[]), SavedTensors(exclude) as saved, live:
+            loss, plain_bytes = _with_input_bytes(model, lambda: loss_fn(model(inputs), targets))
+        if loss.requires_grad:
+            loss.backward()
+        del loss
+        grad_bytes = storage_bytes(p.grad for p in trainable if p.grad is not None)
+        if optimizer is None:
+            optimizer_bytes = storage_bytes(trainable)
+        else:
+            optimizer.step()
+            optimizer_bytes = storage_bytes(_optimizer_state_tensors(optimizer))
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(saved_weights)
+        for p, grad in zip(trainable, saved_grads, strict=True):
+            p.grad = grad
+        if optimizer is not None:
+            optimizer.load_state_dict(saved_optimizer)
+    return MemoryReport(
+        batch_size=len(inputs),
+        activation_bytes=saved.nbytes,
+        compressed_bytes=(
+            wrapped_compressed_bytes(model) if wrapped_layers(model) else plain_bytes
+        ),
+        param_bytes=storage_bytes(model.parameters()),
+        trainable_param_bytes=storage_bytes(trainable),
+        grad_bytes=grad_bytes,
+        optimizer_bytes=optimizer_bytes,
+        peak_forward_bytes=live.peak + storage_bytes([inputs]),
+    )
+
+
+def fits(report: MemoryReport, budget_bytes: int) -> bool:
+    """True when the step's ``training_bytes`` (activations + gradients + optimizer state)
+    stay within the device's training-memory budget."""
+    return report.training_bytes <= budget_bytes
+
+
+def format_bytes(nbytes: float) -> str:
+    """Human-readable binary size: 1536 -> '1.5 KiB'."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    power = 0
+    while abs(nbytes) >= 1024 and power < len(units) - 1:
+        nbytes /= 1024
+        power += 1
+    return f"{nbytes:.0f} B" if power == 0 else f"{nbytes:.1f} {units[power]}"

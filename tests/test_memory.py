@@ -1,0 +1,164 @@
+"""Measured footprint: saved-for-backward bytes against hand counts, dedup, exclusions, peak,
+restoration of the model, and the compressed methods against vanilla."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from common.compression import wrap_last_layers
+from common.memory import MemoryReport, fits, format_bytes, measure
+from common.models import build_model
+
+F32 = 4
+
+
+def _sum_loss(out: torch.Tensor, _targets: object) -> torch.Tensor:
+    return out.sum()  # its backward keeps nothing
+
+
+def _tiny_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 3),
+    )
+    net.train()
+    net[1].eval()
+    return net
+
+
+def test_tiny_net_counts_exactly_what_autograd_saves() -> None:
+    """Conv keeps x; eval BN keeps its input (the conv output); the in-place ReLU keeps its
+    result, which the Linear saves again through a view (counted once); weights and BN
+    statistics are parameters/buffers, not activations."""
+    net, batch = _tiny_net(), 2
+    x = torch.randn(batch, 1, 8, 8)
+    report = measure(net, x, None, _sum_loss)
+    map_bytes = batch * 4 * 8 * 8 * F32
+    assert report.activation_bytes == x.nbytes + map_bytes + map_bytes
+    assert report.compressed_bytes == x.nbytes + map_bytes  # inputs of the conv and the Linear
+    params = sum(p.nbytes for p in net.parameters())
+    assert report.param_bytes == report.trainable_param_bytes == params
+    assert report.grad_bytes == report.optimizer_bytes == params  # SGD momentum assumed
+    # live at the peak: input, conv out, BN out (ReLU'd in place), Linear out, the loss
+    assert report.peak_forward_bytes == x.nbytes + 2 * map_bytes + batch * 3 * F32 + F32
+    assert report.training_bytes == report.activation_bytes + 2 * params
+    assert report.total_bytes == params + report.training_bytes + report.transient_bytes
+
+
+class _Square(nn.Module):
+    """y = (x W^T)^2 * s: the product saves h twice (one storage); s is a Parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(6, 5, bias=False)
+        self.scale = nn.Parameter(torch.ones(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linear(x)
+        return (h * h) * self.scale
+
+
+def test_same_storage_counted_once_and_parameters_excluded() -> None:
+    x = torch.randn(3, 6)
+    report = measure(_Square(), x, None, _sum_loss)
+    # x (saved by the matmul), h (saved twice by h*h), h*h (saved by the product with s)
+    assert report.activation_bytes == x.nbytes + 2 * 3 * 5 * F32
+
+
+def test_frozen_layers_keep_nothing() -> None:
+    net = _tiny_net()
+    net[0].requires_grad_(False)
+    net[1].requires_grad_(False)
+    x = torch.randn(2, 1, 8, 8)
+    report = measure(net, x, None, _sum_loss)
+    assert report.activation_bytes == 2 * 4 * 8 * 8 * F32  # only the Linear's input
+    assert report.trainable_param_bytes == sum(p.nbytes for p in net[4].parameters())
+
+
+def test_peak_counts_temporaries_freed_in_the_forward() -> None:
+    class Double(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(10, 1000).requires_grad_(False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(x) * 2  # linear(x) dies after the product is made
+
+    x = torch.randn(5, 10)
+    report = measure(Double(), x, None, _sum_loss)
+    assert report.activation_bytes == 0
+    assert report.peak_forward_bytes == x.nbytes + 2 * 5 * 1000 * F32
+
+
+def test_measure_restores_model_grads_optimizer_and_rng() -> None:
+    net = _tiny_net()
+    net[1].train()  # running statistics would move
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net[4].weight.grad = torch.full_like(net[4].weight, 7.0)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1.0, momentum=0.9)
+    torch.manual_seed(5)
+    report = measure(net, torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]),
+                     nn.CrossEntropyLoss(), optimizer)
+    after_rng = torch.rand(1)
+    torch.manual_seed(5)
+    torch.randn(4, 1, 8, 8)
+    assert torch.equal(after_rng, torch.rand(1))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert torch.equal(net[4].weight.grad, torch.full_like(net[4].weight, 7.0))
+    assert net[0].weight.grad is None
+    assert optimizer.state_dict()["state"] == {}
+    assert report.optimizer_bytes == report.trainable_param_bytes  # one momentum buffer each
+
+
+def test_adam_state_is_measured() -> None:
+    net = _tiny_net()
+    optimizer = torch.optim.Adam(net.parameters())
+    report = measure(net, torch.randn(2, 1, 8, 8), None, _sum_loss, optimizer)
+    steps = len(list(net.parameters())) * F32  # one float32 step counter per parameter
+    assert report.optimizer_bytes == 2 * report.trainable_param_bytes + steps
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    return torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,))
+
+
+def _measure(method: str, last_k: int, batch: tuple, **params: object) -> MemoryReport:
+    model = wrap_last_layers(build_model("mobilenetv2"), method, last_k, **params)
+    model.train()
+    return measure(model, *batch, nn.CrossEntropyLoss())
+
+
+def test_vanilla_last_layer_of_mobilenetv2(batch: tuple) -> None:
+    """Last layer only: the Linear keeps its (dropped-out) input, the frozen Dropout nothing;
+    cross-entropy keeps log-probabilities, targets and a scalar total weight."""
+    report = _measure("vanilla", 1, batch)
+    features = 16 * 1280 * F32
+    assert report.compressed_bytes == features
+    loss_bytes = 16 * 10 * F32 + batch[1].nbytes + F32
+    assert report.activation_bytes == features + loss_bytes
+    assert report.trainable_param_bytes == (1280 * 10 + 10) * F32
+
+
+def test_hosvd_keeps_less_than_vanilla(batch: tuple) -> None:
+    vanilla = _measure("vanilla", 4, batch)
+    hosvd = _measure("hosvd", 4, batch, eps=0.8)
+    assert hosvd.compressed_bytes < vanilla.compressed_bytes
+    assert hosvd.activation_bytes < vanilla.activation_bytes
+    assert hosvd.grad_bytes == vanilla.grad_bytes
+
+
+def test_fits_and_format() -> None:
+    report = measure(_tiny_net(), torch.randn(2, 1, 8, 8), None, _sum_loss)
+    assert fits(report, report.training_bytes)
+    assert not fits(report, report.training_bytes - 1)
+    assert format_bytes(512) == "512 B" and format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(3 * 2**30) == "3.0 GiB"
+    assert report.model_dump()["total_bytes"] == report.total_bytes
