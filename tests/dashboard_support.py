@@ -51,6 +51,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 class DashboardProcess:
     """``python -m server.dashboard`` as a subprocess; ``env`` adds EDGEFED_DASHBOARD_* values."""
 

@@ -1,0 +1,68 @@
+"""The run queue against a real dashboard process: runs are separate process groups that may
+finish, crash, or refuse to stop, and none of it reaches the dashboard.
+
+The process is ``tests/dashboard_fake_run.py`` (``edgefed run``'s command line, behaviour chosen
+per test); ``test_dashboard_e2e.py`` launches the real ``edgefed run``.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.dashboard_support import DashboardProcess, alive, tiny_config, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def launch(server: DashboardProcess, name: str) -> str:
+    experiment = httpx.post(f"{server.url}/api/experiments", json=tiny_config(name=name)).json()
+    response = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch")
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def run_of(server: DashboardProcess, run_id: str) -> dict:
+    return httpx.get(f"{server.url}/api/runs/{run_id}").json()
+
+
+def ended(server: DashboardProcess, run_id: str) -> dict | None:
+    detail = run_of(server, run_id)
+    return detail if detail["run"]["status"] not in ("queued", "running") else None
+
+
+@pytest.fixture
+def server(tmp_path):
+    probe = DashboardProcess(tmp_path)
+    env = {**probe.fake_runs(), "EDGEFED_DASHBOARD_CANCEL_TIMEOUT_S": "2"}
+    with DashboardProcess(tmp_path, "--max-runs", "1", env=env) as running:
+        yield running
+
+
+def test_queue_runs_one_at_a_time_and_marks_exit_codes(server):
+    slow = launch(server, "slow-first")
+    ok = launch(server, "ok-second")
+    crash = launch(server, "crash-third")
+    wait_for(lambda: run_of(server, slow)["run"]["status"] == "running", 30, "slow to start")
+    assert run_of(server, ok)["run"]["status"] == "queued"
+    httpx.post(f"{server.url}/api/runs/{slow}/cancel")
+    assert wait_for(lambda: ended(server, slow), 30, "cancel")["run"]["status"] == "cancelled"
+    finished = wait_for(lambda: ended(server, ok), 60, "ok run")
+    assert finished["run"]["status"] == "finished" and finished["run"]["exit_code"] == 0
+    assert [r["round"] for r in finished["rounds"]] == [0, 1, 2]
+    failed = wait_for(lambda: ended(server, crash), 60, "crash run")["run"]
+    assert failed["status"] == "failed" and failed["exit_code"] == 3
+    assert "boom: the stand-in run crashed" in failed["message"]
+    assert httpx.get(f"{server.url}/api/info").status_code == 200
+
+
+def test_cancel_kills_the_whole_group_after_the_timeout(server, tmp_path):
+    run_id = launch(server, "stubborn-run")
+    child_pid_file = tmp_path / "runs" / run_id / "out" / "child.pid"
+    child = int(wait_for(lambda: child_pid_file.exists() and child_pid_file.read_text(), 30,
+                         "the grandchild"))
+    assert run_of(server, run_id)["run"]["status"] == "running"
+    assert httpx.post(f"{server.url}/api/runs/{run_id}/cancel").status_code == 202
+    detail = wait_for(lambda: ended(server, run_id), 20, "SIGKILL after the timeout")
+    assert detail["run"]["status"] == "cancelled" and "SIGKILL" in detail["run"]["message"]
+    wait_for(lambda: not alive(child), 10, "the grandchild to be gone")
