@@ -40,7 +40,8 @@ export function log2([d0, d1], [r0, r1]) {
 }
 
 function frame(container, width, height) {
-  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img",
+    style: `max-width: ${width}px` });
   container.replaceChildren(svg);
   return svg;
 }
@@ -69,7 +70,7 @@ function axes(svg, x, y, { width, height, xTicks, yTicks, xFormat, yFormat, xLab
 
 // series: [{name, color, points: [[x, y], ...]}]
 export function lineChart(container, series, opts = {}) {
-  const width = 640; const height = 260;
+  const width = 460; const height = 260;
   const svg = frame(container, width, height);
   const xs = series.flatMap((se) => se.points.map((p) => p[0]));
   const ys = series.flatMap((se) => se.points.map((p) => p[1]));
@@ -93,7 +94,7 @@ export function lineChart(container, series, opts = {}) {
 
 // items: [{label, value, budget, color, title}]: bars (log scale) with a budget tick each.
 export function budgetBars(container, items, opts = {}) {
-  const width = 640; const height = 260;
+  const width = 460; const height = 260;
   const svg = frame(container, width, height);
   const values = items.flatMap((it) => [it.value, it.budget]).filter((v) => v > 0);
   const y = log2([Math.min(...values, 1024) / 2, Math.max(...values, 2048) * 1.5],
@@ -108,6 +109,10 @@ export function budgetBars(container, items, opts = {}) {
     if (it.value > 0) {
       svg.append(titled(s("rect", { x: x(i) - w / 2, y: y(it.value), width: w,
         height: height - M.bottom - y(it.value), fill: it.color, class: "bar" }), it.title));
+    }
+    if (!(it.value > 0) && it.missing) {
+      svg.append(titled(s("text", { x: x(i), y: height - M.bottom - 4, "text-anchor": "middle",
+        fill: it.color, class: "missing" }, it.missing), it.title));
     }
     if (it.budget > 0) {
       svg.append(titled(s("line", { x1: x(i) - w / 2 - 2, x2: x(i) + w / 2 + 2, y1: y(it.budget),
@@ -174,6 +179,8 @@ export function scatter(container, points, opts = {}) {
     svg.append(titled(s("circle", { cx: x(p.x), cy: y(p.y), r: p.front ? 6 : 4.5,
       fill: p.color || "#2f6fdf", stroke: p.front ? "#d92d20" : "none", "stroke-width": 2,
       class: "point" }), p.title));
-    svg.append(s("text", { x: x(p.x) + 8, y: y(p.y) - 6 }, p.label));
+    const right = x(p.x) > width / 2;
+    svg.append(s("text", { x: x(p.x) + (right ? -8 : 8), y: y(p.y) - 8,
+      "text-anchor": right ? "end" : "start" }, p.label));
   }
 }

@@ -102,7 +102,7 @@ function build() {
   for (const [name, raw] of Object.entries(schema.properties)) {
     const target = defs(raw);
     if (target.type === "object" && target.properties) {
-      groups.push(el("fieldset", {}, el("legend", {}, target.title || name),
+      groups.push(el("fieldset", {}, el("legend", {}, name[0].toUpperCase() + name.slice(1)),
         ...Object.entries(target.properties).map(([sub, r]) => field(`${name}.${sub}`, r))));
     } else if (raw.type === "array") {
       groups.push(el("fieldset", {}, el("legend", {}, "Device mix"), fleetEditor(raw)));

@@ -93,6 +93,7 @@ function renderCharts() {
   ], { yDomain: [0, 1], yFormat: pct, xLabel: "round", yLabel: "accuracy" });
   budgetBars(document.getElementById("chart-memory"), latestPerClient().map((c) => ({
     label: String(c.partition_id), value: c.peak_bytes, budget: c.budget_bytes,
+    missing: c.status === "ok" ? "" : c.status.toUpperCase(),
     color: c.status !== "ok" || (c.budget_bytes && c.peak_bytes > c.budget_bytes)
       ? COLORS.oom : "#2f6fdf",
     title: `client ${c.partition_id} (${c.device}), round ${c.round}: ${c.status}, peak `

@@ -1,0 +1,113 @@
+"""A real browser (headless Chromium via Selenium) against a real dashboard process: fill the
+new-experiment form, see an inline validation message, launch a small experiment (the real
+``edgefed run``), watch the charts render live, and save screenshots under test-output/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.dashboard_support import REPO, DashboardProcess, wait_for
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+OUTPUT = REPO / "test-output"
+RUN_TIMEOUT_S = 480  # the real run: Flower + Ray start-up dominates on 2 shared cores
+
+pytestmark = [
+    pytest.mark.e2e, pytest.mark.slow,
+    pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                       reason="Debian's chromium and chromium-driver are not installed"),
+]
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--window-size=1400,1800",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
+
+
+def type_into(driver, element_id: str, value: object) -> None:
+    field = driver.find_element(By.ID, element_id)
+    field.clear()
+    field.send_keys(str(value))
+
+
+def count(driver, selector: str) -> int:
+    return len(driver.find_elements(By.CSS_SELECTOR, selector))
+
+
+def test_form_launch_and_live_charts(browser, tmp_path):
+    OUTPUT.mkdir(exist_ok=True)
+    wait = WebDriverWait(browser, 30)
+    with DashboardProcess(tmp_path) as server:
+        browser.get(f"{server.url}/experiments/new")
+        wait.until(lambda d: d.find_elements(By.ID, "experiment-form"))
+        type_into(browser, "f-name", "browser-test")
+        Select(browser.find_element(By.ID, "f-model")).select_by_value("smallcnn")
+        Select(browser.find_element(By.ID, "f-partitioner")).select_by_value("iid")
+        for field, value in {"image_size": 28, "rounds": 2, "min_train_clients": 2,
+                             "pretrain_epochs": 0, "samples_per_client": 16,
+                             "test_samples": 64, "local_steps": 1, "batch_size": 8}.items():
+            type_into(browser, f"f-{field}", value)
+
+        type_into(browser, "f-compression-eps", 1.5)  # the server's 422 shows beside the field
+        wait.until(lambda d: "less than or equal to 1" in d.find_element(
+            By.ID, "err-f-compression-eps").text)
+        type_into(browser, "f-compression-eps", 0.8)
+        wait.until(lambda d: not d.find_element(By.ID, "err-f-compression-eps").text)
+
+        Select(browser.find_element(By.ID, "f-fleet-0-device")).select_by_value("rpi5")
+        type_into(browser, "f-fleet-0-count", 2)
+        browser.find_element(By.ID, "fleet-add").click()
+        Select(browser.find_element(By.ID, "f-fleet-1-device")).select_by_value("mcu")
+        type_into(browser, "f-fleet-1-count", 1)
+        Select(browser.find_element(By.ID, "f-fleet-1-policy")).select_by_value("fixed")
+        wait.until(lambda d: d.find_element(By.ID, "fleet-total").text == "3 clients")
+        browser.save_screenshot(str(OUTPUT / "dashboard-form.png"))
+
+        browser.find_element(By.ID, "create-launch").click()
+        wait.until(lambda d: "/runs/" in d.current_url)
+        run_id = browser.current_url.rsplit("/", 1)[1]
+
+        WebDriverWait(browser, RUN_TIMEOUT_S, poll_frequency=2).until(
+            lambda d: count(d, "#chart-accuracy circle.point") >= 2
+            and count(d, "#chart-heatmap rect.cell.filled") >= 3
+            and count(d, "#chart-memory rect.bar") >= 2
+            and count(d, "#client-table tbody tr") == 3)
+        assert "oom" in browser.find_element(By.ID, "client-table").text
+        browser.save_screenshot(str(OUTPUT / "dashboard-run.png"))
+
+        detail = wait_for(lambda: (d := httpx.get(f"{server.url}/api/runs/{run_id}").json())
+                          ["run"]["status"] not in ("queued", "running") and d, 120,
+                          "the run to end")
+        assert detail["run"]["status"] == "finished", detail["run"]["message"]
+        assert [r["round"] for r in detail["rounds"]] == [0, 1, 2]
+        statuses = {(c["device"], c["status"]) for c in detail["clients"]}
+        assert statuses == {("rpi5", "ok"), ("mcu", "oom")}
+
+        browser.get(f"{server.url}/compare?run={run_id}")
+        wait.until(lambda d: count(d, "#chart-pareto circle.point") == 1)
+        browser.save_screenshot(str(OUTPUT / "dashboard-compare.png"))
+        expected = "status of 422"  # the inline validation above: the server said no
+        errors = [e["message"] for e in browser.get_log("browser") if expected not in e["message"]]
+        assert not errors, errors
