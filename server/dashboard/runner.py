@@ -7,9 +7,11 @@ SuperLink, Ray and SuperNodes all inherit it), started as
 
 It reports its events to the ingestion endpoint itself; the runner only decides what the process
 cannot say: ``running`` once started, and on exit ``finished``/``failed`` (from the exit code)
-or ``cancelled``, unless the run already reported its end. Cancel sends SIGTERM to the group and
-SIGKILL after ``cancel_timeout_s``; whatever is left of the group after the leader exits gets the
-same. Nothing a run does can raise into the dashboard: every error becomes the run's ``failed``.
+or ``cancelled``, unless the run already reported its end. Cancel sends SIGTERM to the group (the
+run stops its own Flower processes) and SIGKILL after ``cancel_timeout_s`` to the group and to
+every descendant seen meanwhile (Flower's processes run in sessions of their own); whatever is
+left after the leader exits gets the same. Nothing a run does can raise into the dashboard:
+every error becomes the run's ``failed``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import subprocess
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
+
+import psutil
 
 from server.dashboard.models import Run
 from server.dashboard.settings import Settings
@@ -30,6 +35,7 @@ from server.dashboard.store import RunLog
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1
+TREE_EVERY = 10  # polls between two looks at the run's process tree
 
 
 def group_alive(pgid: int) -> bool:
@@ -47,27 +53,51 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
 
 
-def stop_group(pgid: int, timeout_s: float) -> None:
-    """SIGTERM the process group, SIGKILL it if anything is left after ``timeout_s``."""
-    signal_group(pgid, signal.SIGTERM)
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its descendants (which may have left its group: Flower's own sessions)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def running(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those still running: same pid *and* start time (psutil's check), not zombies."""
+    alive = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
+
+
+def signal_all(pgid: int, procs: Iterable[psutil.Process], sig: signal.Signals) -> None:
+    signal_group(pgid, sig)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
+
+
+def stop_processes(pgid: int, procs: list[psutil.Process], timeout_s: float) -> None:
+    """SIGTERM the group and ``procs``; SIGKILL whatever is left after ``timeout_s``."""
+    signal_all(pgid, procs, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while group_alive(pgid) and time.monotonic() < deadline:
+    while (group_alive(pgid) or running(procs)) and time.monotonic() < deadline:
         time.sleep(POLL_S)
-    signal_group(pgid, signal.SIGKILL)
+    signal_all(pgid, running(procs), signal.SIGKILL)
 
 
 def stop_orphan(run_id: str, pid: int, timeout_s: float) -> bool:
-    """Stop the group of a run started by an earlier dashboard process, if it is still there.
-
-    The pid is only trusted while its command line still names the run (pids are reused).
-    """
+    """Stop a run started by an earlier dashboard process, with its descendants, if it is
+    still there. The pid is only trusted while its command line still names the run."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
     if run_id.encode() not in cmdline.split(b"\0"):
         return False
-    stop_group(pid, timeout_s)
+    stop_processes(pid, process_tree(pid), timeout_s)
     return True
 
 
@@ -199,14 +229,23 @@ class Runner:
             if run_id in self._cancel_at or self._stopping:
                 signal_group(proc.pid, signal.SIGTERM)
         self.runlog.set_state(run_id, "running", "", pid=proc.pid)
-        code = self._wait(run_id, proc)
-        if group_alive(proc.pid):
-            stop_group(proc.pid, self.settings.cancel_timeout_s)
+        known: dict[int, psutil.Process] = {}
+        code = self._wait(run_id, proc, known)
+        leftovers = running(known.values())
+        if leftovers or group_alive(proc.pid):
+            stop_processes(proc.pid, leftovers, self.settings.cancel_timeout_s)
         self._finish(run_id, code, log_path)
 
-    def _wait(self, run_id: str, proc: subprocess.Popen) -> int:
-        """The exit code; SIGKILL the group once a cancel is older than the timeout."""
+    def _wait(self, run_id: str, proc: subprocess.Popen, known: dict[int, psutil.Process]
+              ) -> int:
+        """The exit code. Meanwhile ``known`` collects the run's process tree, and once a
+        cancel is older than the timeout, the group and that tree get SIGKILL."""
+        polls = 0
         while True:
+            if polls % TREE_EVERY == 0:
+                for child in process_tree(proc.pid)[1:]:
+                    known.setdefault(child.pid, child)
+            polls += 1
             try:
                 return proc.wait(POLL_S)
             except subprocess.TimeoutExpired:
@@ -215,7 +254,7 @@ class Runner:
                     if self._stopping and since is None:
                         since = self._cancel_at[run_id] = time.monotonic()
                 if since is not None and time.monotonic() - since > self.settings.cancel_timeout_s:
-                    signal_group(proc.pid, signal.SIGKILL)
+                    signal_all(proc.pid, running(known.values()), signal.SIGKILL)
 
     def _finish(self, run_id: str, code: int, log_path: Path) -> None:
         with self._cond:
