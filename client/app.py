@@ -29,16 +29,16 @@ from client.task import (
     Node,
     client_dataset,
     experiment,
-    make_model,
-    resolve_node,
+        resolve_node,
     settings_of,
-    sgd,
+    trainable_sgd,
 )
 from common.compression import layer_ranks, wrap_last_layers
 from common.config import ExperimentConfig
 from common.devices import load_catalogue
-from common.memory import measure
+from common.memory import fits, measure
 from common.train import evaluate as evaluate_model
+from common.train import initial_model
 from common.train import train as train_model
 
 app = ClientApp()
@@ -67,7 +67,7 @@ def _dropped(msg: Message, node: Node, server_round: int) -> Message:
 
 
 def _global_model(config: ExperimentConfig, msg: Message) -> nn.Module:
-    model = make_model(config)
+    model = initial_model(config)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return model
 
@@ -104,12 +104,12 @@ def train(msg: Message, context: Context) -> Message:
         return Message(Error(replies.OOM, plan.reason), reply_to=msg)
     chosen = plan.chosen
     wrapped = wrap_last_layers(model, chosen.method, chosen.last_k, **chosen.wrap_kwargs())
-    optimizer = sgd(wrapped, config.lr)
+    optimizer = trainable_sgd(wrapped, config.lr)
     loss_fn = nn.CrossEntropyLoss()
     batch = (probe[0][: chosen.batch_size], probe[1][: chosen.batch_size])
     with FlopCounterMode(display=False) as flops:
         report = measure(wrapped, *batch, loss_fn, optimizer)
-    if report.training_bytes > node.device.budget_bytes:
+    if not fits(report, node.device.budget_bytes):
         reason = (f"out of memory: needs {report.training_bytes} bytes, "
                   f"budget {node.device.budget_bytes}")
         return Message(Error(replies.OOM, reason), reply_to=msg)
@@ -118,14 +118,13 @@ def train(msg: Message, context: Context) -> Message:
     mu = float(msg.content["config"].get("proximal-mu", 0.0))
     stats = train_model(wrapped, loader, optimizer, epochs=config.local_epochs,
                         max_steps=config.local_steps, proximal_mu=mu)
-    _, accuracy = evaluate_model(wrapped, loader)
     model_bytes = _model_bytes(model)
     sim_time = node.device.device_seconds(flops.get_total_flops() * stats.steps,
                                           model_bytes, model_bytes)
     metrics = MetricRecord({
         "num-examples": stats.examples,
         "train-loss": stats.loss,
-        "accuracy": accuracy,
+        "accuracy": stats.accuracy,  # local: over the examples trained on
         "activation-bytes": report.activation_bytes,
         "compressed-bytes": report.compressed_bytes,
         "peak-bytes": report.peak_forward_bytes,

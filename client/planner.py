@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from client.task import sgd
+from client.task import trainable_sgd
 from common.compression import wrap_last_layers
 from common.config import ExperimentConfig, Method, Policy
 from common.devices import DeviceProfile
@@ -167,9 +167,8 @@ def measure_candidate(
     """Measured training bytes of one step of ``candidate`` on the probe batch."""
     wrapped = _wrapped(model, candidate)
     inputs, targets = probe[0][: candidate.batch_size], probe[1][: candidate.batch_size]
-    optimizer = sgd(wrapped, config.lr)
-    report = measure(wrapped, inputs, targets, nn.CrossEntropyLoss(), optimizer)
-    return int(report.training_bytes)
+    optimizer = trainable_sgd(wrapped, config.lr)
+    return measure(wrapped, inputs, targets, nn.CrossEntropyLoss(), optimizer).training_bytes
 
 
 class Planner:

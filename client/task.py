@@ -18,12 +18,10 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from common.config import ExperimentConfig, Policy, load_config
-from common.data import dataset_spec, labels_of, load_dataset, partition, setup_b_split, subsample
+from common.data import labels_of, load_dataset, partition, setup_b_split, subsample
 from common.devices import Catalogue, DeviceProfile, assign_entries, load_catalogue
-from common.models import build_model
+from common.train import sgd
 
-MOMENTUM = 0.9
-WEIGHT_DECAY = 1e-4
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 
 
@@ -62,17 +60,9 @@ def experiment(config_json: str) -> ExperimentConfig:
     return ExperimentConfig.model_validate_json(config_json)
 
 
-def make_model(config: ExperimentConfig) -> nn.Module:
-    """An untrained model of the experiment's architecture for its dataset."""
-    spec = dataset_spec(config.dataset)
-    return build_model(config.model, spec.num_classes, spec.channels, config.image_size,
-                       config.width)
-
-
-def sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Setup B's optimizer over the trainable parameters: SGD, momentum 0.9, weight decay 1e-4."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+def trainable_sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Setup B's optimizer (``common.train.sgd``) over the trainable parameters."""
+    return sgd([p for p in model.parameters() if p.requires_grad], lr)
 
 
 @lru_cache(maxsize=4)

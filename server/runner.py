@@ -33,7 +33,8 @@ from server.report import Reporter, read_events
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CONNECTION = "edgefed"
-POLL_S = 1.0
+POLL_S = 1.0  # events file
+STATUS_EVERY = 5  # ``flwr list`` (a CLI start costs CPU) every 5th poll
 CLI_TIMEOUT_S = 120.0
 
 
@@ -100,12 +101,13 @@ def _json_tail(stdout: str) -> dict:
 
 
 def submit(
-    state: fleet.FleetState, overrides: Path, federation_config: dict[str, int] | None
+    state: fleet.FleetState, overrides: Path, federation_config: dict[str, int] | None,
+    app_dir: Path = APP_DIR,
 ) -> int:
-    """``flwr run <repo> edgefed --run-config FILE [--federation-config ...]`` -> Flower run id."""
+    """``flwr run <app> edgefed --run-config FILE [--federation-config ...]`` -> Flower run id."""
     env = procs.flower_env(Path(state.flwr_home))
     write_connection(Path(state.flwr_home), state.port)
-    args = ["run", str(APP_DIR), CONNECTION, "--run-config", str(overrides), "--format", "json"]
+    args = ["run", str(app_dir), CONNECTION, "--run-config", str(overrides), "--format", "json"]
     if federation_config:
         pairs = " ".join(f"{k}={v}" for k, v in federation_config.items())
         args += ["--federation-config", pairs]
@@ -123,6 +125,15 @@ def flower_status(state: fleet.FleetState, flwr_run_id: int) -> str:
                                 "--format", "json"], env))
     runs = payload.get("runs") or []
     return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+
+def save_run_log(state: fleet.FleetState, flwr_run_id: int, path: Path) -> None:
+    """The run's ServerApp/ClientApp log (``flwr log RUN_ID --show``), kept for post-mortems."""
+    try:
+        path.write_text(_flwr(["log", str(flwr_run_id), CONNECTION, "--show"],
+                              procs.flower_env(Path(state.flwr_home))))
+    except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
+        path.write_text(f"could not fetch the run's log: {err}\n")
 
 
 def simulation_resources(num_clients: int) -> dict[str, int]:
@@ -143,11 +154,13 @@ def run(
     report_url: str = "",
     report_token: str = "",
     on_event: Callable[[Event], None] | None = None,
+    on_started: Callable[[fleet.FleetState], None] | None = None,
 ) -> RunOutcome:
     """Run ``config`` on ``engine`` to completion; always stops every process it started.
 
     Run states (running, then finished / failed / cancelled) are reported here; per-client and
     per-round events come from the ServerApp through the same ``events.jsonl`` and URL.
+    ``on_started`` sees the SuperLink (and fleet) once they run.
     """
     devices = assign_devices(config, catalogue)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -165,10 +178,13 @@ def run(
         reporter.emit(state=RunState(status="running", message=f"engine={engine}"))
         if engine == "simulation":
             state = fleet.start_superlink(flower_dir, simulation=True)
-            outcome.flwr_run_id = submit(state, overrides, simulation_resources(len(devices)))
+            resources = simulation_resources(len(devices))
         else:
             state = fleet.up(flower_dir, devices)
-            outcome.flwr_run_id = submit(state, overrides, None)
+            resources = None
+        if on_started is not None:
+            on_started(state)
+        outcome.flwr_run_id = submit(state, overrides, resources)
         outcome.status = _follow(state, outcome, out_dir, on_event)
         final = "finished" if outcome.status == "finished:completed" else "failed"
         reporter.emit(state=RunState(status=final, message=f"flower status {outcome.status}"))
@@ -181,6 +197,8 @@ def run(
         raise
     finally:
         if state is not None:
+            if outcome.flwr_run_id is not None:
+                save_run_log(state, outcome.flwr_run_id, flower_dir / "run.log")
             procs.stop(state.processes)
             (flower_dir / fleet.STATE_FILE).unlink(missing_ok=True)
         reporter.close()
@@ -197,7 +215,9 @@ def _follow(
     """Stream new events until Flower reports the run finished; returns its final status."""
     offset = 0
     status = "pending"
+    tick = 0
     while True:
+        tick += 1
         events, offset = read_events(out_dir, offset)
         for event in events:
             outcome.events.append(event)
@@ -208,4 +228,5 @@ def _follow(
         if not state.superlink.alive():
             return "finished:failed (superlink exited)"
         time.sleep(POLL_S)
-        status = flower_status(state, outcome.flwr_run_id)
+        if tick % STATUS_EVERY == 0:
+            status = flower_status(state, outcome.flwr_run_id)

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from client.planner import Planner, candidates, own_candidate
-from client.task import client_dataset, make_model, sgd
+from client.task import client_dataset, trainable_sgd
 from common.compression import wrap_last_layers
 from common.config import ExperimentConfig, load_config
 from common.devices import DeviceProfile, load_catalogue
 from common.memory import measure
+from common.train import initial_model
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 CATALOGUE = load_catalogue()
@@ -24,7 +25,7 @@ CATALOGUE = load_catalogue()
 def setup() -> tuple[ExperimentConfig, nn.Module, tuple[torch.Tensor, torch.Tensor], Planner]:
     config = load_config(QUICKSTART)
     torch.manual_seed(0)
-    model = make_model(config)
+    model = initial_model(config)
     data = client_dataset(config, 3, config.num_clients)
     probe = next(iter(torch.utils.data.DataLoader(data, batch_size=config.batch_size)))
     return config, model, probe, Planner(config)
@@ -35,7 +36,8 @@ def _measured(config: ExperimentConfig, model: nn.Module, probe, candidate) -> i
     wrapped = wrap_last_layers(copy.deepcopy(model), candidate.method, candidate.last_k,
                                **candidate.wrap_kwargs())
     x, y = probe[0][: candidate.batch_size], probe[1][: candidate.batch_size]
-    return measure(wrapped, x, y, nn.CrossEntropyLoss(), sgd(wrapped, config.lr)).training_bytes
+    optimizer = trainable_sgd(wrapped, config.lr)
+    return measure(wrapped, x, y, nn.CrossEntropyLoss(), optimizer).training_bytes
 
 
 @pytest.mark.parametrize("device", sorted(CATALOGUE.profiles))
