@@ -116,14 +116,53 @@ class ExperimentConfig(_Strict):
         return entry.policy or self.policy
 
 
+class SweepConfig(_Strict):
+    """A grid of experiments: ``base`` with every combination of the ``methods`` and
+    ``fleets`` (one fleet per budget class) — the data of a memory-vs-accuracy Pareto chart."""
+
+    base: dict
+    methods: list[CompressionConfig] = Field(min_length=1, max_length=16)
+    fleets: dict[Name, list[FleetEntry]] = Field(min_length=1, max_length=16)
+
+    def experiments(self) -> list[ExperimentConfig]:
+        """One validated experiment per (method, fleet), named ``<base>-<method>-<fleet>``."""
+        name = self.base.get("name", "sweep")
+        return [
+            ExperimentConfig.model_validate({
+                **self.base, "name": f"{name}-{_tag(method)}-{fleet_name}",
+                "compression": method.model_dump(), "fleet": [e.model_dump() for e in fleet],
+            })
+            for method in self.methods
+            for fleet_name, fleet in self.fleets.items()
+        ]
+
+
+def _tag(c: CompressionConfig) -> str:
+    """Short name of a compression setting: method, layers and its own parameter."""
+    own = {"svd": f"eps{c.eps}", "hosvd": f"eps{c.eps}", "asi": f"eps{c.eps}",
+           "gradfilter": f"r{c.radius}"}.get(c.method, "")
+    if c.rank is not None and c.method in ("hosvd", "asi"):
+        own = f"rank{c.rank}"
+    return "-".join(part for part in (c.method, f"k{c.last_k}", own) if part)
+
+
+def _read_mapping(path: str | Path) -> dict:
+    text = Path(path).read_text()
+    data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of fields at the top level")
+    return data
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read an experiment from a YAML or JSON file and validate it.
 
     Raises ``pydantic.ValidationError`` (field-level messages) or ``ValueError`` for unreadable
     files; nothing is written.
     """
-    text = Path(path).read_text()
-    data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of experiment fields at the top level")
-    return ExperimentConfig.model_validate(data)
+    return ExperimentConfig.model_validate(_read_mapping(path))
+
+
+def load_sweep(path: str | Path) -> list[ExperimentConfig]:
+    """Read a :class:`SweepConfig` file and expand it into validated experiments."""
+    return SweepConfig.model_validate(_read_mapping(path)).experiments()

@@ -5,6 +5,7 @@
     edgefed devices
     edgefed plan --device D --model M
     edgefed fleet up|down|status
+    edgefed sweep SWEEP [--engine E] [--out DIR]
     edgefed demo
 
 An invalid experiment stops before anything is written, with one message naming the field and
@@ -13,6 +14,7 @@ exit code 2.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common.config import Engine, ExperimentConfig, ModelName, load_config
+from common.config import Engine, ExperimentConfig, ModelName, load_config, load_sweep
 from common.devices import FleetError, assign_devices, load_catalogue, validate_fleet
 from common.events import ClientResult, Event
 
@@ -229,6 +231,54 @@ def fleet_status(directory: Annotated[Path, typer.Option("--dir")] = FLEET_DIR) 
         table.add_row(p.role, str(p.pid), node.device, p.limit, _mib(p.limit_bytes),
                       str(p.alive()))
     console.print(table)
+
+
+@app.command()
+def sweep(
+    sweep_path: Annotated[Path, typer.Argument(metavar="SWEEP", help="sweep YAML/JSON")],
+    engine: Annotated[Engine, typer.Option(help="Flower engine")] = "simulation",
+    out: Annotated[Path, typer.Option(help="one sub-folder per experiment")] = Path("runs/sweep"),
+) -> None:
+    """Run every experiment of a methods x budgets sweep; summary table + summary.json."""
+    try:
+        experiments = load_sweep(sweep_path)
+        for config in experiments:
+            validate_fleet(config, load_catalogue())
+    except ValidationError as err:
+        raise _fail(_validation_message(err)) from None
+    except (FleetError, ValueError, OSError) as err:
+        raise _fail(str(err)) from None
+    from server import runner
+
+    runner.install_signal_handlers()
+    rows = []
+    for config in experiments:
+        console.print(f"[bold]{config.name}[/]")
+        outcome = runner.run(config, load_catalogue(), engine, out / config.name, config.name)
+        rows.append(sweep_row(config, outcome))
+    table = Table(title=f"sweep {sweep_path.name}")
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+    (out / "summary.json").write_text(json.dumps(rows, indent=2))
+
+
+def sweep_row(config: ExperimentConfig, outcome: object) -> dict[str, object]:
+    """One Pareto point: final test accuracy vs mean measured activation bytes of the clients."""
+    rounds = [e.round for e in outcome.events if e.round is not None]
+    clients = [e.client for e in outcome.events if e.client is not None]
+    ok = [c for c in clients if c.status == "ok"]
+    return {
+        "experiment": config.name,
+        "status": outcome.status,
+        "accuracy": round(rounds[-1].accuracy, 4) if rounds else None,
+        "activation_bytes": int(sum(c.activation_bytes for c in ok) / len(ok)) if ok else None,
+        "compressed_bytes": int(sum(c.compressed_bytes for c in ok) / len(ok)) if ok else None,
+        "ok": len(ok),
+        "oom": sum(c.status == "oom" for c in clients),
+    }
 
 
 @app.command()

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from common.config import load_sweep
 from server.cli import app, load_experiment
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -74,3 +75,21 @@ def test_quickstart_is_valid() -> None:
     config = load_experiment(EXAMPLES / "quickstart.yaml")
     assert config.num_clients == 20 and len({e.device for e in config.fleet}) >= 4
     assert {config.policy_of(e) for e in config.fleet} == {"fit", "fixed"}
+
+
+def test_pareto_sweep_expands_to_methods_x_budgets() -> None:
+    experiments = load_sweep(EXAMPLES / "pareto-fl.yaml")
+    assert len(experiments) == 15 and len({e.name for e in experiments}) == 15
+    assert {e.compression.method for e in experiments} == {
+        "vanilla", "gradfilter", "svd", "hosvd"}
+    assert len({e.fleet[0].device for e in experiments}) == 3
+
+
+def test_invalid_sweep_exits_2(tmp_path: Path) -> None:
+    data = yaml.safe_load((EXAMPLES / "pareto-fl.yaml").read_text())
+    data["methods"][0]["eps"] = 2.0
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "methods.0.eps" in result.output
+    assert not (tmp_path / "out").exists()
