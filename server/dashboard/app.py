@@ -20,6 +20,7 @@ from common.config import load_config
 from server.dashboard import pages
 from server.dashboard.api import experiments, export, meta, runs, stream
 from server.dashboard.broker import Broker
+from server.dashboard.cache import ResponseCache
 from server.dashboard.db import Database
 from server.dashboard.deps import Services
 from server.dashboard.runner import Runner, stop_orphan
@@ -69,7 +70,7 @@ def create_app(settings: Settings, launch: Sequence[Path] = (),
     db = Database(settings.database_url)
     broker = Broker()
     runlog = RunLog(db, broker)
-    services = Services(settings, db, broker, runlog, Runner(settings, runlog))
+    services = Services(settings, db, broker, runlog, Runner(settings, runlog), ResponseCache())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

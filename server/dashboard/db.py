@@ -47,6 +47,7 @@ class Database:
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock()
+        self.version = 0  # commits made through this object (read caches key on it)
         Base.metadata.create_all(self.engine)
 
     @contextmanager
@@ -56,9 +57,12 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A transaction committed on exit (rolled back on error): durable once this returns."""
-        with self._write_lock, self._sessions() as session, session.begin():
-            yield session
+        """A transaction committed on exit (rolled back on error): durable once this returns.
+        :attr:`version` moves on after the commit, still under the lock."""
+        with self._write_lock:
+            with self._sessions() as session, session.begin():
+                yield session
+            self.version += 1
 
     def close(self) -> None:
         self.engine.dispose()

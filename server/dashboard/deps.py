@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from server.dashboard.broker import Broker
+from server.dashboard.cache import ResponseCache
 from server.dashboard.db import Database
 from server.dashboard.models import Run
 from server.dashboard.runner import Runner
@@ -27,9 +29,12 @@ class Services:
     broker: Broker
     runlog: RunLog
     runner: Runner
+    cache: ResponseCache
+    token_hashes: dict[str, str] = field(default_factory=dict)
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    """(async: answered on the event loop, no worker thread)"""
     return request.app.state.services
 
 
@@ -68,19 +73,27 @@ def require_admin(
         raise _unauthorized("a valid bearer token is required")
 
 
-def require_run_token(
+async def require_run_token(
     run_id: RunId, services: ServicesDep,
     credentials: Annotated[Credentials, Depends(run_bearer)],
 ) -> None:
     """Ingestion: the token this run was launched with (its SHA-256 is compared)."""
-    with services.db.read() as s:
-        run = s.get(Run, run_id)
-        expected = run.token_hash if run else None
+    expected = services.token_hashes.get(run_id)
     if expected is None:
-        raise HTTPException(404, f"run {run_id} not found")
+        expected = await run_in_threadpool(_token_hash, services, run_id)
     given = hash_token(credentials.credentials) if credentials else ""
     if not hmac.compare_digest(given, expected):
         raise _unauthorized("a valid run token is required")
+
+
+def _token_hash(services: Services, run_id: str) -> str:
+    """A run's token hash from the database, remembered (it never changes)."""
+    with services.db.read() as s:
+        run = s.get(Run, run_id)
+        if run is None:
+            raise HTTPException(404, f"run {run_id} not found")
+        services.token_hashes[run_id] = run.token_hash
+        return run.token_hash
 
 
 Admin = [Depends(require_admin)]

@@ -18,20 +18,20 @@ def _page(name: str) -> FileResponse:
 
 
 @router.get("/")
-def experiments_page() -> FileResponse:
+async def experiments_page() -> FileResponse:
     return _page("index")
 
 
 @router.get("/experiments/new")
-def new_experiment_page() -> FileResponse:
+async def new_experiment_page() -> FileResponse:
     return _page("new")
 
 
 @router.get("/runs/{run_id}")
-def run_page(run_id: RunId) -> FileResponse:
+async def run_page(run_id: RunId) -> FileResponse:
     return _page("run")
 
 
 @router.get("/compare")
-def compare_page() -> FileResponse:
+async def compare_page() -> FileResponse:
     return _page("compare")

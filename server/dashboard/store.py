@@ -11,8 +11,10 @@ import hashlib
 import secrets
 import time
 import uuid
+from functools import cache
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.orm import Session
 
 from common.config import Engine, ExperimentConfig
 from common.events import ClientResult, Event, RoundResult, RunState, RunStatus
@@ -57,6 +59,9 @@ class RunLog:
         self.db = db
         self.broker = broker
 
+    def _changed(self) -> None:
+        self.broker.publish()
+
     def create_experiment(self, config: ExperimentConfig) -> int:
         with self.db.write() as session:
             experiment = Experiment(
@@ -64,7 +69,8 @@ class RunLog:
             )
             session.add(experiment)
             session.flush()
-            return experiment.id
+        self._changed()
+        return experiment.id
 
     def delete_experiment(self, experiment_id: int) -> None:
         with self.db.write() as session:
@@ -75,6 +81,7 @@ class RunLog:
             if active:
                 raise Conflict(f"experiment {experiment_id} has active runs: {', '.join(active)}")
             session.delete(experiment)
+        self._changed()
 
     def create_run(self, experiment_id: int, engine: Engine, external: bool) -> tuple[str, str]:
         """A queued run and its ingestion token (only the token's hash is stored)."""
@@ -89,26 +96,29 @@ class RunLog:
             )
             session.add(run)
             session.flush()
-            self._log(session, run, Event(run_id=run.id, state=RunState(status="queued")))
-        self.broker.publish()
+            self._log(session, run.id, Event(run_id=run.id, state=RunState(status="queued")), {})
+        self._changed()
         return run.id, token
 
     def ingest(self, run_id: str, event: Event) -> int:
-        """Store one reported event; returns its log id once it is committed."""
+        """Store one reported event; returns its log id once it is committed.
+
+        Core statements, not ORM objects: this is the hot path (every client of every round).
+        """
         with self.db.write() as session:
-            run = self._get(session, run_id)
+            status, started_at = self._state(session, run_id)
             if event.client is not None:
                 self._upsert(session, ClientRow, run_id, client_key(event.client),
                              client_row_values(event.client))
             elif event.round is not None:
                 self._upsert(session, RoundRow, run_id, {"round": event.round.round},
                              event.round.model_dump())
-            if event.state is not None:
-                self._transition(run, event.state.status, event.state.message)
-            elif run.status == "queued":
-                self._transition(run, "running", "")
-            event_id = self._log(session, run, event)
-        self.broker.publish()
+            state = event.state or RunState(status="running")  # first data: it runs
+            moved = None
+            if event.state is not None or status == "queued":
+                moved = transition(status, started_at, state.status, state.message)
+            event_id = self._log(session, run_id, event, moved or {})
+        self._changed()
         return event_id
 
     def set_state(self, run_id: str, status: RunStatus, message: str = "", *,
@@ -116,64 +126,97 @@ class RunLog:
         """A state change decided here (runner, restart); False if the run had already ended
         (``pid`` and ``exit_code`` are recorded either way)."""
         with self.db.write() as session:
-            run = self._get(session, run_id)
-            if pid is not None:
-                run.pid = pid
-            if exit_code is not None:
-                run.exit_code = exit_code
-            if not self._transition(run, status, message):
-                return False
-            state = RunState(status=status, message=message[-4000:])
-            self._log(session, run, Event(run_id=run_id, state=state))
-        self.broker.publish()
-        return True
+            now, started_at = self._state(session, run_id)
+            values = {k: v for k, v in (("pid", pid), ("exit_code", exit_code)) if v is not None}
+            moved = transition(now, started_at, status, message)
+            if moved is not None:
+                state = RunState(status=status, message=message[-4000:])
+                self._log(session, run_id, Event(run_id=run_id, state=state), {**values, **moved})
+            elif values:
+                session.execute(update(Run).where(Run.id == run_id).values(**values))
+        self._changed()
+        return moved is not None
 
     def interrupt_active(self, message: str) -> list[tuple[str, int | None]]:
         """Mark every active run as interrupted; returns their (id, pid)."""
         with self.db.write() as session:
-            lost = session.scalars(select(Run).where(Run.status.in_(ACTIVE))).all()
-            for run in lost:
-                self._transition(run, "interrupted", message)
-                self._log(session, run, Event(
-                    run_id=run.id, state=RunState(status="interrupted", message=message)))
-        self.broker.publish()
-        return [(run.id, run.pid) for run in lost]
+            query = select(Run.id, Run.pid, Run.status, Run.started_at).where(
+                Run.status.in_(ACTIVE))
+            lost = session.execute(query).all()
+            for run_id, _, status, started_at in lost:
+                state = RunState(status="interrupted", message=message)
+                self._log(session, run_id, Event(run_id=run_id, state=state),
+                          transition(status, started_at, "interrupted", message))
+        self._changed()
+        return [(run_id, pid) for run_id, pid, _, _ in lost]
 
     @staticmethod
-    def _get(session, run_id: str) -> Run:
-        run = session.get(Run, run_id)
-        if run is None:
-            raise NotFound(f"run {run_id} not found")
-        return run
-
-    @staticmethod
-    def _transition(run: Run, status: RunStatus, message: str) -> bool:
-        if not run.active:
-            return False
-        now = time.time()
-        if status == "running" and run.started_at is None:
-            run.started_at = now
-        if status not in ACTIVE:
-            run.finished_at = now
-        run.status = status
-        if message:
-            run.message = message[-4000:]
-        return True
-
-    @staticmethod
-    def _upsert(session, table: type, run_id: str, key: dict, values: dict) -> None:
-        row = session.scalars(select(table).filter_by(run_id=run_id, **key)).one_or_none()
+    def _state(session: Session, run_id: str) -> tuple[str, float | None]:
+        row = session.connection().execute(_STATE, {"k_id": run_id}).first()
         if row is None:
-            session.add(table(run_id=run_id, **values))
-        else:
-            for name, value in values.items():
-                setattr(row, name, value)
+            raise NotFound(f"run {run_id} not found")
+        return row.status, row.started_at
 
     @staticmethod
-    def _log(session, run: Run, event: Event) -> int:
+    def _upsert(session: Session, table: type, run_id: str, key: dict, values: dict) -> None:
+        """UPDATE the row with this key, INSERT it if there was none (portable upsert)."""
+        update_row, insert_row = _upsert_statements(table.__table__, tuple(key), tuple(values))
+        params = {"k_run_id": run_id, **_params("k_", key), **_params("v_", values)}
+        connection = session.connection()
+        if connection.execute(update_row, params).rowcount == 0:
+            connection.execute(insert_row, params)
+
+    @staticmethod
+    def _log(session: Session, run_id: str, event: Event, run_values: dict) -> int:
+        """Append ``event`` to the log; the run row gets its id and ``run_values``."""
         kind = "client" if event.client else "round" if event.round else "state"
-        row = EventRow(run_id=run.id, kind=kind, payload=event.model_dump_json())
-        session.add(row)
-        session.flush()
-        run.last_event_id = row.id
-        return row.id
+        connection = session.connection()
+        result = connection.execute(_LOG, {"v_run_id": run_id, "v_kind": kind,
+                                           "v_payload": event.model_dump_json()})
+        event_id = result.inserted_primary_key[0]
+        values = {"last_event_id": event_id, **run_values}
+        connection.execute(_run_update(tuple(values)), {"k_id": run_id, **_params("v_", values)})
+        return event_id
+
+
+# Statements of the hot path, built once with named parameters (k_: keys, v_: values): building
+# an ORM statement per event costs more than executing it.
+_RUNS = Run.__table__
+_STATE = select(_RUNS.c.status, _RUNS.c.started_at).where(_RUNS.c.id == bindparam("k_id"))
+_LOG = insert(EventRow.__table__).values(
+    {c: bindparam(f"v_{c}") for c in ("run_id", "kind", "payload")})
+
+
+def _params(prefix: str, values: dict) -> dict:
+    return {f"{prefix}{name}": value for name, value in values.items()}
+
+
+@cache
+def _run_update(columns: tuple[str, ...]):
+    return update(_RUNS).where(_RUNS.c.id == bindparam("k_id")).values(
+        {c: bindparam(f"v_{c}") for c in columns})
+
+
+@cache
+def _upsert_statements(table: Table, key: tuple[str, ...], columns: tuple[str, ...]):
+    where = [table.c.run_id == bindparam("k_run_id"),
+             *(table.c[k] == bindparam(f"k_{k}") for k in key)]
+    values = {c: bindparam(f"v_{c}") for c in columns}
+    return (update(table).where(*where).values(values),
+            insert(table).values({"run_id": bindparam("k_run_id"), **values}))
+
+
+def transition(now: str, started_at: float | None, status: RunStatus, message: str
+               ) -> dict | None:
+    """Column updates that move a run from ``now`` to ``status``; None once it has ended."""
+    if now not in ACTIVE:
+        return None
+    at = time.time()
+    values: dict = {"status": status}
+    if status == "running" and started_at is None:
+        values["started_at"] = at
+    if status not in ACTIVE:
+        values["finished_at"] = at
+    if message:
+        values["message"] = message[-4000:]
+    return values

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query, Response
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from common.config import ExperimentConfig
+from server.dashboard.cache import cached_json
 from server.dashboard.deps import PROBLEMS, Admin, ExperimentId, ServicesDep, SessionDep
 from server.dashboard.models import Experiment
 from server.dashboard.queries import experiment_out, get_experiment, get_run
@@ -20,14 +21,18 @@ CheckedConfig = Annotated[ExperimentConfig, Depends(checked_config)]
 Launch = Annotated[LaunchRequest | None, Body()]
 
 
-@router.get("")
-def list_experiments(
-    session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+@router.get("", response_model=list[ExperimentOut])
+async def list_experiments(
+    request: Request, services: ServicesDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
-) -> list[ExperimentOut]:
-    query = (select(Experiment).options(selectinload(Experiment.runs))
-             .order_by(Experiment.id.desc()).limit(limit).offset(offset))
-    return [experiment_out(e) for e in session.scalars(query)]
+) -> Response:
+    def build() -> list[ExperimentOut]:
+        query = (select(Experiment).options(selectinload(Experiment.runs))
+                 .order_by(Experiment.id.desc()).limit(limit).offset(offset))
+        with services.db.read() as session:
+            return [experiment_out(e) for e in session.scalars(query)]
+
+    return await cached_json(request, build)
 
 
 @router.post("", status_code=201, dependencies=Admin)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, get_args
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import StringConstraints
 
 from common.config import Engine, ExperimentConfig
 from common.devices import load_catalogue
-from server.dashboard.deps import PROBLEMS, ServicesDep, SessionDep
+from server.dashboard.cache import cached_json
+from server.dashboard.deps import PROBLEMS, ServicesDep
 from server.dashboard.queries import compare
 from server.dashboard.schemas import RUN_ID_PATTERN, Catalogue, Comparison, Info, MemoryMetric
 
@@ -44,12 +45,17 @@ def devices() -> Catalogue:
     return Catalogue(profiles=list(catalogue.profiles.values()), fleets=catalogue.fleets)
 
 
-@router.get("/compare")
-def compare_runs(
-    session: SessionDep,
+@router.get("/compare", response_model=Comparison)
+async def compare_runs(
+    request: Request, services: ServicesDep,
     run: Annotated[list[RunIdText] | None,
                    Query(max_length=50, description="run ids; none: the latest 200 runs")] = None,
     memory: MemoryMetric = "peak",
-) -> Comparison:
+) -> Response:
     """Runs side by side; ``pareto`` marks the memory-vs-final-accuracy front."""
-    return Comparison(memory=memory, runs=compare(session, run or [], memory))
+
+    def build() -> Comparison:
+        with services.db.read() as session:
+            return Comparison(memory=memory, runs=compare(session, run or [], memory))
+
+    return await cached_json(request, build)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from common.events import ClientResult, Event, RoundResult, RunStatus
-from server.dashboard.db import Database
+from server.dashboard.cache import cached_json
 from server.dashboard.deps import (
     PROBLEMS,
     Admin,
     RunId,
     ServicesDep,
-    SessionDep,
     require_run_token,
 )
 from server.dashboard.queries import clients_of, get_run, list_runs, rounds_of, run_detail
@@ -27,50 +25,51 @@ router = APIRouter(prefix="/api/runs", tags=["runs"], responses=PROBLEMS)
 Round = Annotated[int | None, Query(ge=0, le=2**31)]
 
 
-@router.get("")
-def read_runs(
-    session: SessionDep, status: RunStatus | None = None,
+@router.get("", response_model=list[RunOut])
+async def read_runs(
+    request: Request, services: ServicesDep, status: RunStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
-) -> list[RunOut]:
-    return [RunOut.model_validate(run) for run in list_runs(session, limit, offset, status)]
-
-
-@lru_cache(maxsize=64)
-def _detail_json(db: Database, run_id: str, version: tuple) -> bytes:
-    """The run's full detail, serialised once per version of the run (cheap for many readers)."""
-    with db.read() as session:
-        return run_detail(session, run_id).model_dump_json().encode()
-
-
-@router.get("/{run_id}", response_model=RunDetail)
-def read_run(
-    run_id: RunId, services: ServicesDep, session: SessionDep,
-    if_none_match: Annotated[str | None, Header(max_length=200)] = None,
 ) -> Response:
-    """Status, config, per-round global metrics and every per-client row, with an ETag."""
-    run = get_run(session, run_id)
-    version = (run.last_event_id, run.status, run.exit_code)
-    etag = '"{}-{}-{}"'.format(run_id, *version)
-    if if_none_match == etag:
-        return Response(status_code=304, headers={"ETag": etag})
-    body = _detail_json(services.db, run_id, version)
-    return Response(body, media_type="application/json", headers={"ETag": etag})
+    def build() -> list[RunOut]:
+        with services.db.read() as session:
+            return [RunOut.model_validate(r) for r in list_runs(session, limit, offset, status)]
+
+    return await cached_json(request, build)
 
 
-@router.get("/{run_id}/rounds")
-def read_rounds(run_id: RunId, session: SessionDep) -> list[RoundResult]:
-    get_run(session, run_id)
-    return [row_to_round(row) for row in rounds_of(session, run_id)]
+@router.get("/{run_id}", response_model=RunDetail, responses={304: {"description": "unchanged"}})
+async def read_run(run_id: RunId, request: Request, services: ServicesDep) -> Response:
+    """Status, config, per-round global metrics and every per-client row (ETag: data version)."""
+
+    def build() -> RunDetail:
+        with services.db.read() as session:
+            return run_detail(session, run_id)
+
+    return await cached_json(request, build)
 
 
-@router.get("/{run_id}/clients")
-def read_clients(
-    run_id: RunId, session: SessionDep, round: Round = None,
+@router.get("/{run_id}/rounds", response_model=list[RoundResult])
+async def read_rounds(run_id: RunId, request: Request, services: ServicesDep) -> Response:
+    def build() -> list[RoundResult]:
+        with services.db.read() as session:
+            get_run(session, run_id)
+            return [row_to_round(row) for row in rounds_of(session, run_id)]
+
+    return await cached_json(request, build)
+
+
+@router.get("/{run_id}/clients", response_model=list[ClientResult])
+async def read_clients(
+    run_id: RunId, request: Request, services: ServicesDep, round: Round = None,
     phase: Literal["train", "evaluate"] | None = None,
-) -> list[ClientResult]:
-    get_run(session, run_id)
-    return [row_to_client(row) for row in clients_of(session, run_id, round, phase)]
+) -> Response:
+    def build() -> list[ClientResult]:
+        with services.db.read() as session:
+            get_run(session, run_id)
+            return [row_to_client(row) for row in clients_of(session, run_id, round, phase)]
+
+    return await cached_json(request, build)
 
 
 @router.post("/{run_id}/cancel", status_code=202, dependencies=Admin)
