@@ -1,0 +1,371 @@
+"""Local fine-tuning and evaluation shared by clients and server, and Setup-B pretraining.
+
+Fine-tuning follows the paper's Setup B: SGD with momentum 0.9 and weight decay 1e-4 over the
+trainable parameters, gradient-norm clipping at 2.0, BatchNorm layers in eval mode (running
+statistics frozen), and a cosine learning rate over the T steps of the call,
+
+    lr_t = lr * (1 + cos(pi * t / T)) / 2,   t = 0 .. T-1.
+
+FedProx adds the proximal term mu/2 * ||w - w_global||^2 over the trainable parameters, with
+w_global the weights at the start of the call unless given.
+
+``pretrain_setup_b`` trains the whole model (BatchNorm in train mode) on the server's half of
+the Setup-B split and caches the weights under ``<cache>/checkpoints/<hash>.pt``, keyed by
+everything that determines them. To stay well under two minutes on two CPU cores, it uses a
+seeded subsample of the server half (``PRETRAIN_SAMPLES``, part of the key).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import Progress, TextColumn
+from rich.table import Table
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from common.compression import layer_ranks, wrap_last_layers
+from common.config import CompressionConfig, ExperimentConfig
+from common.data import cache_dir, dataset_spec, labels_of, load_dataset, setup_b_split, subsample
+from common.memory import MemoryReport, format_bytes, measure
+from common.models import build_model
+
+MOMENTUM = 0.9
+WEIGHT_DECAY = 1e-4
+CLIP_NORM = 2.0
+PRETRAIN_SAMPLES = 6000
+PRETRAIN_BATCH = 64
+PRETRAIN_LR = 0.1
+CHECKPOINT_VERSION = 1
+
+StepCallback = Callable[[int, int, float], None]
+"""Called after every step with (step, total steps, batch loss)."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Mean training loss and accuracy over the examples seen (in train mode), their number
+    (``examples``, counting repeats over epochs) and the number of optimizer steps."""
+
+    loss: float
+    accuracy: float
+    examples: int
+    steps: int
+
+
+def sgd(params: Iterable[nn.Parameter], lr: float) -> torch.optim.SGD:
+    """Setup B's optimizer: SGD, momentum 0.9, weight decay 1e-4."""
+    return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def batchnorm_eval(model: nn.Module) -> nn.Module:
+    """``model.train()`` with every BatchNorm layer switched back to eval mode."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    return model
+
+
+def _loader(data: DataLoader | Dataset, batch_size: int, seed: int) -> DataLoader:
+    if isinstance(data, DataLoader):
+        return data
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+
+
+def proximal_term(params: list[nn.Parameter], anchor: list[torch.Tensor]) -> torch.Tensor:
+    """sum_i ||w_i - a_i||^2 (FedProx's penalty without the mu/2 factor)."""
+    return sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+
+
+def train(
+    model: nn.Module,
+    data: DataLoader | Dataset,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    epochs: int = 1,
+    max_steps: int | None = None,
+    lr: float = 0.05,
+    batch_size: int = 32,
+    proximal_mu: float = 0.0,
+    global_params: list[torch.Tensor] | None = None,
+    freeze_batchnorm: bool = True,
+    seed: int = 0,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """Train ``model`` in place for ``epochs`` passes over ``data``, at most ``max_steps`` steps.
+
+    ``data`` is a DataLoader, or a Dataset loaded shuffled (``batch_size``, ``seed``).
+    ``optimizer`` defaults to Setup B's SGD with ``lr`` over the trainable parameters; a given
+    optimizer keeps its own settings, its learning rate follows the cosine schedule during the
+    call and is put back afterwards. ``global_params``: FedProx anchor, one tensor per trainable
+    parameter (default: their values at the start).
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs: must be at least 1, got {epochs}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps: must be at least 1, got {max_steps}")
+    if proximal_mu < 0:
+        raise ValueError(f"proximal_mu: must be non-negative, got {proximal_mu}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model: has no trainable parameters")
+    loader = _loader(data, batch_size, seed)
+    total = epochs * len(loader)
+    total = total if max_steps is None else min(total, max_steps)
+    optimizer = optimizer or sgd(params, lr)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda t: 0.5 * (1.0 + math.cos(math.pi * t / total))
+    )
+    anchor = None
+    if proximal_mu > 0:
+        anchor = global_params or [p.detach().clone() for p in params]
+    if freeze_batchnorm:
+        batchnorm_eval(model)
+    else:
+        model.train()
+    loss_sum, correct, seen, step = 0.0, 0, 0, 0
+    try:
+        while step < total:
+            for inputs, targets in loader:
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, targets)
+                objective = loss
+                if anchor is not None:
+                    objective = loss + proximal_mu / 2 * proximal_term(params, anchor)
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                nn.utils.clip_grad_norm_(params, CLIP_NORM)
+                optimizer.step()
+                schedule.step()
+                step += 1
+                loss_sum += loss.item() * len(targets)
+                correct += (logits.argmax(1) == targets).sum().item()
+                seen += len(targets)
+                if on_step is not None:
+                    on_step(step, total, loss.item())
+                if step == total:
+                    break
+    finally:
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base
+    return TrainResult(loss_sum / seen, correct / seen, seen, step)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: DataLoader | Dataset, batch_size: int = 256
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` in eval mode over ``data``.
+
+    The train/eval mode of every module is restored afterwards.
+    """
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    try:
+        for inputs, targets in loader:
+            logits = model(inputs)
+            loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
+            correct += (logits.argmax(1) == targets).sum().item()
+            seen += len(targets)
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+    if seen == 0:
+        raise ValueError("data: is empty")
+    return loss_sum / seen, correct / seen
+
+
+# ------------------------------------------------------------------------- Setup B
+
+
+def setup_b_data(config: ExperimentConfig) -> tuple[Subset, Subset]:
+    """The server half and the client half of the Setup-B split of the training set."""
+    train_set, _ = load_dataset(config.dataset, config.image_size)
+    server, client = setup_b_split(labels_of(train_set), config.seed)
+    return Subset(train_set, server.tolist()), Subset(train_set, client.tolist())
+
+
+def initial_model(config: ExperimentConfig) -> nn.Module:
+    """The experiment's untrained model, initialised from ``config.seed``."""
+    spec = dataset_spec(config.dataset)
+    torch.manual_seed(config.seed)
+    return build_model(
+        config.model, spec.num_classes, spec.channels, config.image_size, config.width
+    )
+
+
+def checkpoint_path(config: ExperimentConfig, max_samples: int | None) -> Path:
+    """``<cache>/checkpoints/<hash>.pt``; the hash covers everything pretraining depends on."""
+    key = {
+        "version": CHECKPOINT_VERSION,
+        "model": config.model,
+        "width": config.width,
+        "dataset": config.dataset,
+        "image_size": config.image_size,
+        "seed": config.seed,
+        "epochs": config.pretrain_epochs,
+        "max_samples": max_samples,
+        "batch_size": PRETRAIN_BATCH,
+        "lr": PRETRAIN_LR,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir() / "checkpoints" / f"{digest}.pt"
+
+
+def pretrain_setup_b(
+    config: ExperimentConfig,
+    max_samples: int | None = PRETRAIN_SAMPLES,
+    on_step: StepCallback | None = None,
+) -> nn.Module:
+    """The model pretrained for ``config.pretrain_epochs`` on (a ``max_samples`` subsample of)
+    the Setup-B server half: all layers trainable, BatchNorm in train mode, batch 64, lr 0.1.
+
+    The weights are cached (see :func:`checkpoint_path`); a later call with the same key loads
+    them. With ``pretrain_epochs == 0`` the seeded untrained model is returned.
+    """
+    model = initial_model(config)
+    if config.pretrain_epochs == 0:
+        return model
+    path = checkpoint_path(config, max_samples)
+    if path.is_file():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model
+    server_half, _ = setup_b_data(config)
+    indices = subsample(server_half.indices, max_samples, config.seed)
+    train(
+        model,
+        Subset(server_half.dataset, list(indices)),
+        epochs=config.pretrain_epochs,
+        lr=PRETRAIN_LR,
+        batch_size=PRETRAIN_BATCH,
+        freeze_batchnorm=False,
+        seed=config.seed,
+        on_step=on_step,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.part")
+    torch.save(model.state_dict(), partial)
+    partial.replace(path)
+    return model
+
+
+def wrap_params(compression: CompressionConfig) -> dict[str, float | int]:
+    """The ``wrap_last_layers`` keyword arguments a compression config asks for."""
+    if compression.method == "gradfilter":
+        return {"radius": compression.radius}
+    if compression.method == "vanilla":
+        return {}
+    if compression.rank is not None and compression.method in ("hosvd", "asi"):
+        return {"rank": compression.rank}
+    return {"eps": compression.eps}
+
+
+# ------------------------------------------------------------------ centralized demo
+
+
+@dataclass(frozen=True)
+class CentralizedResult:
+    """Setup B without federation: test accuracy before/after fine-tuning, and the measured
+    memory of one fine-tuning step with the experiment's method and with vanilla backprop."""
+
+    accuracy_before: float
+    accuracy_after: float
+    fine_tune: TrainResult
+    memory: MemoryReport
+    vanilla_memory: MemoryReport
+    ranks: list[list[int]]
+
+
+def _memory_table(result: CentralizedResult, method: str, last_k: int) -> Table:
+    table = Table(title=f"Setup B, last {last_k} layers: {method} vs vanilla (one step, measured)")
+    table.add_column("")
+    table.add_column(method, justify="right")
+    table.add_column("vanilla", justify="right")
+    table.add_row(
+        "test accuracy", f"{result.accuracy_before:.2%} -> {result.accuracy_after:.2%}", ""
+    )
+    for label, field in [
+        ("activations kept for backward", "activation_bytes"),
+        ("compressed bytes (paper's metric)", "compressed_bytes"),
+        ("gradients", "grad_bytes"),
+        ("optimizer state", "optimizer_bytes"),
+        ("training total (budget)", "training_bytes"),
+        ("forward peak", "peak_forward_bytes"),
+        ("total with weights", "total_bytes"),
+    ]:
+        table.add_row(
+            label,
+            format_bytes(getattr(result.memory, field)),
+            format_bytes(getattr(result.vanilla_memory, field)),
+        )
+    return table
+
+
+def _measure_step(
+    model: nn.Module, compression: CompressionConfig, method: str, batch: tuple
+) -> tuple[MemoryReport, list[list[int]]]:
+    params = wrap_params(compression) if method == compression.method else {}
+    wrapped = batchnorm_eval(wrap_last_layers(model, method, compression.last_k, **params))
+    report = measure(wrapped, *batch, nn.CrossEntropyLoss(), sgd(
+        [p for p in wrapped.parameters() if p.requires_grad], 0.0))
+    return report, layer_ranks(wrapped)
+
+
+def run_centralized(
+    config: ExperimentConfig,
+    finetune_samples: int | None = 2000,
+    test_samples: int | None = 2000,
+    console: Console | None = None,
+) -> CentralizedResult:
+    """Pretrain on the server half (cached), then fine-tune the last ``compression.last_k``
+    layers with ``compression.method`` on (a ``finetune_samples`` subsample of) the client half
+    for ``local_epochs`` epochs at ``lr`` and ``batch_size``; print progress and a results table.
+    ``test_samples`` (or ``config.test_samples`` when set) caps the test set.
+    """
+    console = console or Console()
+    compression = config.compression
+    _, client_half = setup_b_data(config)
+    _, test_set = load_dataset(config.dataset, config.image_size)
+    test_cap = config.test_samples or test_samples
+    test = Subset(test_set, subsample(range(len(test_set)), test_cap, config.seed).tolist())
+    indices = subsample(client_half.indices, finetune_samples, config.seed)
+    fine_tune_set = Subset(client_half.dataset, indices.tolist())
+    columns = (*Progress.get_default_columns(), TextColumn("loss {task.fields[loss]:.3f}"))
+    with Progress(*columns, console=console) as progress:
+        pretrain_task = progress.add_task("pretrain (server half)", total=None, loss=0.0)
+
+        def pretrain_step(step: int, total: int, loss: float) -> None:
+            progress.update(pretrain_task, completed=step, total=total, loss=loss)
+
+        model = pretrain_setup_b(config, on_step=pretrain_step)
+        progress.update(pretrain_task, total=1, completed=1)
+        _, before = evaluate(model, test)
+        probe = next(iter(DataLoader(fine_tune_set, batch_size=config.batch_size)))
+        vanilla, _ = _measure_step(copy.deepcopy(model), compression, "vanilla", probe)
+        memory, _ = _measure_step(model, compression, compression.method, probe)
+        tune_task = progress.add_task(f"fine-tune ({compression.method})", total=None, loss=0.0)
+
+        def tune_step(step: int, total: int, loss: float) -> None:
+            progress.update(tune_task, completed=step, total=total, loss=loss)
+
+        result = train(model, fine_tune_set, epochs=config.local_epochs, lr=config.lr,
+                       batch_size=config.batch_size, seed=config.seed, on_step=tune_step)
+    _, after = evaluate(model, test)
+    outcome = CentralizedResult(before, after, result, memory, vanilla, layer_ranks(model))
+    console.print(_memory_table(outcome, compression.method, compression.last_k))
+    return outcome
