@@ -7,10 +7,14 @@ per test); ``test_dashboard_e2e.py`` launches the real ``edgefed run``.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import httpx
 import pytest
 
-from tests.dashboard_support import DashboardProcess, alive, tiny_config, wait_for
+from tests.dashboard_support import REPO, DashboardProcess, alive, tiny_config, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -66,3 +70,25 @@ def test_cancel_kills_the_whole_group_after_the_timeout(server, tmp_path):
     detail = wait_for(lambda: ended(server, run_id), 20, "SIGKILL after the timeout")
     assert detail["run"]["status"] == "cancelled" and "SIGKILL" in detail["run"]["message"]
     wait_for(lambda: not alive(child), 10, "the grandchild to be gone")
+
+
+def test_launch_file_at_startup(tmp_path):
+    config = tmp_path / "ok-startup.json"
+    config.write_text(json.dumps(tiny_config(name="ok-startup")))
+    probe = DashboardProcess(tmp_path)
+    with DashboardProcess(tmp_path, "--launch", str(config), env=probe.fake_runs()) as server:
+        runs = httpx.get(f"{server.url}/api/runs").json()
+        assert [r["experiment_name"] for r in runs] == ["ok-startup"]
+        assert wait_for(lambda: ended(server, runs[0]["id"]), 60, "the run")["run"]["status"] \
+            == "finished"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--host", "0.0.0.0"], "token: required"),
+    (["--launch", "missing.yaml"], "missing.yaml"),
+])
+def test_bad_settings_stop_before_serving(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "server.dashboard", "--data-dir",
+                             str(tmp_path), *args], capture_output=True, text=True, timeout=60,
+                            cwd=REPO)
+    assert result.returncode == 2 and message in result.stderr

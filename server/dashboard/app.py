@@ -14,9 +14,11 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from common.config import load_config
+from common.config import ExperimentConfig, load_config
+from common.devices import load_catalogue, validate_fleet
 from server.dashboard import pages
 from server.dashboard.api import experiments, export, meta, runs, stream
 from server.dashboard.broker import Broker
@@ -27,19 +29,35 @@ from server.dashboard.runner import Runner, stop_orphan
 from server.dashboard.security import OriginGuard
 from server.dashboard.settings import Settings, is_loopback
 from server.dashboard.store import Conflict, NotFound, RunLog
-from server.dashboard.validation import checked_config, json_safe, locate
+from server.dashboard.validation import json_safe, locate
 
 log = logging.getLogger(__name__)
 RESTARTED = "the dashboard restarted while the run was in flight"
 
 
-def launch_file(services: Services, path: Path) -> str:
-    """Create and queue the experiment in ``path`` (the operator's file, never an API input)."""
-    config = checked_config(load_config(path))
+def read_launch_file(path: str | Path) -> ExperimentConfig:
+    """An experiment file named by the operator (never an API input), checked like the API's.
+
+    Raises ``ValueError`` naming the file and the field.
+    """
+    try:
+        config = load_config(path)
+        validate_fleet(config, load_catalogue())
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{path}: {field}: {first['msg']}") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from None
+    return config
+
+
+def launch(services: Services, config: ExperimentConfig) -> str:
+    """Create and queue an experiment; returns the run id."""
     experiment_id = services.runlog.create_experiment(config)
     run_id, token = services.runlog.create_run(experiment_id, "simulation", external=False)
     services.runner.submit(run_id, token)
-    log.info("launched %s as run %s", path, run_id)
+    log.info("launched %s as run %s", config.name, run_id)
     return run_id
 
 
@@ -64,9 +82,9 @@ async def _conflict(_: Request, error: Conflict) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=409)
 
 
-def create_app(settings: Settings, launch: Sequence[Path] = (),
+def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
                extra_hosts: frozenset[str] = frozenset()) -> FastAPI:
-    """The ASGI app; ``launch`` files are created and queued once it has started."""
+    """The ASGI app; ``launches`` are created and launched once it has started."""
     db = Database(settings.database_url)
     broker = Broker()
     runlog = RunLog(db, broker)
@@ -77,8 +95,8 @@ def create_app(settings: Settings, launch: Sequence[Path] = (),
         broker.bind(asyncio.get_running_loop())
         await run_in_threadpool(recover, services)
         services.runner.start()
-        for path in launch:
-            await run_in_threadpool(launch_file, services, Path(path))
+        for config in launches:
+            await run_in_threadpool(launch, services, config)
         yield
         broker.close()
         await run_in_threadpool(services.runner.stop)

@@ -59,11 +59,12 @@ async def cached_json(request: Request, build: Callable[[], Any]) -> Response:
     services = request.app.state.services
     version = services.db.version
     etag = f'"v{version}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}  # always revalidate, often 304
     if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers={"ETag": etag})
+        return Response(status_code=304, headers=headers)
     key = f"{request.url.path}?{request.url.query}"
     cache: ResponseCache = services.cache
     body = cache.peek(key, version)
     if body is None:
         body = await run_in_threadpool(cache.get, key, version, lambda: to_json(build()))
-    return Response(body, media_type="application/json", headers={"ETag": etag})
+    return Response(body, media_type="application/json", headers=headers)

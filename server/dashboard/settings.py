@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,9 +47,14 @@ class Settings(BaseSettings):
     run_command: list[str] = Field(default_factory=default_run_command, min_length=1)
     public_url: str = Field("", description="URL runs report to; empty: derived from host/port")
 
+    @field_validator("token")
+    @classmethod
+    def _empty_token_is_none(cls, token: SecretStr | None) -> SecretStr | None:
+        return token if token and token.get_secret_value() else None
+
     @model_validator(mode="after")
     def _require_token_off_loopback(self) -> Settings:
-        if not is_loopback(self.host) and not (self.token and self.token.get_secret_value()):
+        if not is_loopback(self.host) and self.token is None:
             raise ValueError(
                 f"token: required when binding to the non-loopback address {self.host!r}"
             )

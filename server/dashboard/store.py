@@ -72,7 +72,8 @@ class RunLog:
         self._changed()
         return experiment.id
 
-    def delete_experiment(self, experiment_id: int) -> None:
+    def delete_experiment(self, experiment_id: int) -> list[str]:
+        """Delete an experiment and its runs' data; returns the deleted run ids."""
         with self.db.write() as session:
             experiment = session.get(Experiment, experiment_id)
             if experiment is None:
@@ -80,8 +81,10 @@ class RunLog:
             active = [run.id for run in experiment.runs if run.active]
             if active:
                 raise Conflict(f"experiment {experiment_id} has active runs: {', '.join(active)}")
+            run_ids = [run.id for run in experiment.runs]
             session.delete(experiment)
         self._changed()
+        return run_ids
 
     def create_run(self, experiment_id: int, engine: Engine, external: bool) -> tuple[str, str]:
         """A queued run and its ingestion token (only the token's hash is stored)."""

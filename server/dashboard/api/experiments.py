@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -55,8 +56,9 @@ def read_experiment(experiment_id: ExperimentId, session: SessionDep) -> Experim
 
 @router.delete("/{experiment_id}", status_code=204, dependencies=Admin)
 def delete_experiment(experiment_id: ExperimentId, services: ServicesDep) -> Response:
-    """Delete an experiment with all its runs' data; 409 while one of its runs is active."""
-    services.runlog.delete_experiment(experiment_id)
+    """Delete an experiment with all its runs' data and files; 409 while a run is active."""
+    for run_id in services.runlog.delete_experiment(experiment_id):
+        shutil.rmtree(services.settings.runs_dir / run_id, ignore_errors=True)
     return Response(status_code=204)
 
 
