@@ -27,15 +27,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
-from flwr_datasets.partitioner import (
-    DirichletPartitioner,
-    IidPartitioner,
-    PathologicalPartitioner,
-)
 from torch.utils.data import TensorDataset
 
 CACHE_ENV = "EDGEFED_CACHE"
@@ -319,6 +313,15 @@ def partition(
     Indices are positions into ``labels``; map them through your own index array when
     ``labels`` is a subset (e.g. the Setup-B client half).
     """
+    # Imported here: datasets + flwr_datasets (which pulls in seaborn) take seconds to import,
+    # and most processes that load data never partition it.
+    import datasets
+    from flwr_datasets.partitioner import (
+        DirichletPartitioner,
+        IidPartitioner,
+        PathologicalPartitioner,
+    )
+
     labels = np.asarray(labels)
     if partitioner not in PARTITIONERS:
         raise ValueError(
