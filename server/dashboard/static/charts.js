@@ -126,8 +126,12 @@ export function budgetBars(container, items, opts = {}) {
   });
 }
 
-// rows x cols grid; cell(r, c) -> {color, title} or null (no reply that round).
+// rows x cols grid; cell(r, c) -> {color, title} or null (no reply that round). Past
+// MAX_SVG_CELLS the grid is painted on a canvas (no per-cell tooltips) to stay responsive.
+const MAX_SVG_CELLS = 20000;
+
 export function heatmap(container, rows, cols, cell, opts = {}) {
+  if (rows.length * cols.length > MAX_SVG_CELLS) { heatCanvas(container, rows, cols, cell); return; }
   const cw = Math.max(10, Math.min(36, 560 / Math.max(cols.length, 1)));
   const ch = Math.max(6, Math.min(18, 480 / Math.max(rows.length, 1)));
   const width = M.left + cw * cols.length + M.right;
@@ -155,6 +159,24 @@ export function heatmap(container, rows, cols, cell, opts = {}) {
   });
   if (opts.xLabel) svg.append(s("text", { x: M.left + (cw * cols.length) / 2, y: height - 4,
     "text-anchor": "middle" }, opts.xLabel));
+}
+
+function heatCanvas(container, rows, cols, cell) {
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.min(1200, cols.length * 4);
+  canvas.height = Math.min(1200, rows.length * 2);
+  canvas.className = "chart";
+  const ctx = canvas.getContext("2d");
+  const cw = canvas.width / cols.length; const ch = canvas.height / rows.length;
+  ctx.fillStyle = "#f2f4f7";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  rows.forEach((r, i) => cols.forEach((c, j) => {
+    const v = cell(r, c);
+    if (v) { ctx.fillStyle = v.color; ctx.fillRect(j * cw, i * ch, Math.max(cw, 1), Math.max(ch, 1)); }
+  }));
+  container.replaceChildren(canvas,
+    Object.assign(document.createElement("small"), { textContent:
+      `${rows.length} clients (rows) x ${cols.length} rounds (columns)` }));
 }
 
 // points: [{x, y, label, front, title}]; the front's points are joined in x order.

@@ -98,7 +98,7 @@ function renderCharts() {
       ? COLORS.oom : "#2f6fdf",
     title: `client ${c.partition_id} (${c.device}), round ${c.round}: ${c.status}, peak `
       + `${bytes(c.peak_bytes)} of ${bytes(c.budget_bytes)}${c.reason ? ` — ${c.reason}` : ""}`,
-  })), { yFormat: bytes, xLabel: "client", yLabel: "bytes" });
+  })), { yFormat: bytes, xLabel: "client" });
   const ids = [...Array(numClients()).keys()];
   const cols = [...Array(config.rounds).keys()].map((i) => i + 1);
   heatmap(document.getElementById("chart-heatmap"), ids, cols, (p, r) => {
