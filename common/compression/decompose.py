@@ -80,7 +80,7 @@ def mode_spectrum(x: Tensor, n: int) -> ModeSpectrum:
 def leading_vectors(x: Tensor, n: int, spectrum: ModeSpectrum, k: int) -> Tensor:
     """U_n: the k leading left singular vectors of A_(n) (I_n x k, orthonormal)."""
     if not spectrum.tall:
-        return spectrum.vectors[:, :k]
+        return spectrum.vectors[:, :k].clone(memory_format=torch.contiguous_format)  # own storage
     return torch.linalg.qr(tl.unfold(x, n) @ spectrum.vectors[:, :k]).Q
 
 
