@@ -173,7 +173,8 @@ def make_strategy(config: ExperimentConfig, num_nodes: int) -> Reporting:
         "fraction_evaluate": config.fraction_evaluate,
         "min_train_nodes": min(config.min_train_clients, num_nodes),
         "min_evaluate_nodes": 0 if config.fraction_evaluate == 0 else 1,
-        "min_available_nodes": num_nodes,
+        # registration was awaited already; a node that dies later must not stall sampling
+        "min_available_nodes": min(config.min_train_clients, num_nodes),
     }
     if config.strategy == "fedprox":
         return ReportingFedProx(**common, proximal_mu=config.proximal_mu)

@@ -15,6 +15,7 @@ exit code 2.
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +34,7 @@ from common.events import ClientResult, Event
 app = typer.Typer(help="Federated fine-tuning on memory-capped edge devices.", no_args_is_help=True)
 fleet_app = typer.Typer(help="A deployment fleet on loopback: SuperLink + SuperNodes.")
 app.add_typer(fleet_app, name="fleet")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)
 INVALID = 2
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 FLEET_DIR = Path("runs/fleet")
@@ -200,8 +201,9 @@ def fleet_up(
         console.print(f"a fleet is already up in {directory}; `edgefed fleet down` first")
         raise typer.Exit(1)
     state = deployment.up(directory, assign_devices(config, catalogue))
-    console.print(f"SuperLink {state.address}, {len(state.nodes)} SuperNodes "
-                  f"(memory limit: {state.nodes[0].process.limit if state.nodes else '-'})")
+    limit = state.nodes[0].process.limit if state.nodes else "-"
+    console.print(f"SuperLink {state.address}, {len(state.nodes)} SuperNodes, each ClientApp "
+                  f"runtime under its device's memory limit ({limit})")
 
 
 @fleet_app.command("down")
@@ -227,9 +229,9 @@ def fleet_status(directory: Annotated[Path, typer.Option("--dir")] = FLEET_DIR) 
     table.add_row("superlink", str(state.superlink.pid), "-", "-", "-",
                   str(state.superlink.alive()))
     for node in state.nodes:
-        p = node.process
-        table.add_row(p.role, str(p.pid), node.device, p.limit, _mib(p.limit_bytes),
-                      str(p.alive()))
+        for p in (node.supernode, node.process):
+            table.add_row(p.role, str(p.pid), node.device, p.limit, _mib(p.limit_bytes),
+                          str(p.alive()))
     console.print(table)
 
 

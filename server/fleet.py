@@ -1,10 +1,14 @@
 """A deployment fleet on loopback: one SuperLink and one SuperNode per emulated device.
 
-``up`` starts the SuperLink, then one ``flower-supernode`` per partition with node-config
+``up`` starts the SuperLink, then per partition one ``flower-supernode`` with node-config
 ``partition-id``, ``num-partitions`` and ``device`` (the profile assigned by
-:func:`common.devices.assign_devices`), each under its profile's ``ram_bytes`` (see
-:mod:`server.procs` for cgroup vs rlimit). The fleet is recorded in ``<dir>/fleet.json`` so that
-``down`` and ``status`` work from another process.
+:func:`common.devices.assign_devices`) in ``--isolation process`` mode, plus its app runtime,
+``flower-superexec``, which starts one ``flwr-clientapp`` process per run. The app runtime (and
+so every ClientApp it starts) runs under the profile's ``ram_bytes`` (see :mod:`server.procs` for
+cgroup vs rlimit); the SuperNode, the node's link to the SuperLink, stays outside the limit, so a
+ClientApp killed for exceeding it is reported by its SuperNode as an error reply ("ClientApp
+stopped responding") and the node stays in the federation. The fleet is recorded in
+``<dir>/fleet.json`` so that ``down`` and ``status`` work from another process.
 """
 
 from __future__ import annotations
@@ -23,9 +27,12 @@ READY_TIMEOUT_S = 60.0
 
 
 class FleetNode(BaseModel):
+    """One device: its SuperNode and its memory-limited app runtime."""
+
     partition_id: int
     device: str
-    process: procs.ManagedProcess
+    supernode: procs.ManagedProcess
+    process: procs.ManagedProcess  # flower-superexec and its ClientApps, under the limit
 
 
 class FleetState(BaseModel):
@@ -43,7 +50,7 @@ class FleetState(BaseModel):
 
     @property
     def processes(self) -> list[procs.ManagedProcess]:
-        return [self.superlink, *(node.process for node in self.nodes)]
+        return [self.superlink, *(p for n in self.nodes for p in (n.supernode, n.process))]
 
 
 def superlink_cmd(port: int, simulation: bool) -> list[str]:
@@ -60,7 +67,8 @@ def superlink_cmd(port: int, simulation: bool) -> list[str]:
 
 
 def supernode_cmd(superlink: str, runtime_port: int, node_config: dict[str, object]) -> list[str]:
-    """``flower-supernode`` for one device; strings in node-config are TOML-quoted."""
+    """``flower-supernode`` for one device, its app runtime started separately (``process``
+    isolation); strings in node-config are TOML-quoted."""
     pairs = " ".join(
         f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in node_config.items()
     )
@@ -69,7 +77,18 @@ def supernode_cmd(superlink: str, runtime_port: int, node_config: dict[str, obje
         "--insecure",
         "--superlink", superlink,
         "--port", str(runtime_port),
+        "--isolation", "process",
         "--node-config", pairs,
+    ]
+
+
+def superexec_cmd(runtime_port: int, supernode_pid: int) -> list[str]:
+    """The node's app runtime: starts a ``flwr-clientapp`` process for each run."""
+    return [
+        procs.which("flower-superexec"),
+        "--insecure",
+        "--runtime-api-address", f"127.0.0.1:{runtime_port}",
+        "--parent-pid", str(supernode_pid),
     ]
 
 
@@ -121,16 +140,14 @@ def up(directory: Path, devices: list[DeviceProfile]) -> FleetState:
     env = procs.flower_env(Path(state.flwr_home))
     for pid, device in enumerate(devices):
         node_config = {"partition-id": pid, "num-partitions": len(devices), "device": device.name}
-        process = procs.spawn(
-            f"node-{pid}",
-            supernode_cmd(state.address, procs.free_port(), node_config),
-            directory / "nodes" / f"node-{pid}.log",
-            env,
-            limit_bytes=device.ram_bytes,
-            group=state.group,
-            cwd=directory,
-        )
-        state.nodes.append(FleetNode(partition_id=pid, device=device.name, process=process))
+        port = procs.free_port()
+        log = directory / "nodes" / f"node-{pid}.log"
+        supernode = procs.spawn(f"supernode-{pid}", supernode_cmd(state.address, port, node_config),
+                                log, env, cwd=directory)
+        runtime = procs.spawn(f"node-{pid}", superexec_cmd(port, supernode.pid), log, env,
+                              limit_bytes=device.ram_bytes, group=state.group, cwd=directory)
+        state.nodes.append(FleetNode(partition_id=pid, device=device.name, supernode=supernode,
+                                     process=runtime))
         save(directory, state)
     return state
 

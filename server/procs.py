@@ -172,16 +172,30 @@ def _process(managed: ManagedProcess) -> psutil.Process | None:
         return None
 
 
+def _cgroup_members(managed: ManagedProcess) -> list[psutil.Process]:
+    """Every process in the node's cgroup: orphans whose parent was OOM-killed included."""
+    if not managed.cgroup:
+        return []
+    members = []
+    with contextlib.suppress(OSError):
+        for line in (Path(managed.cgroup) / "cgroup.procs").read_text().split():
+            with contextlib.suppress(psutil.Error):
+                members.append(psutil.Process(int(line)))
+    return members
+
+
 def _tree(managed: Iterable[ManagedProcess]) -> list[psutil.Process]:
-    procs: list[psutil.Process] = []
+    procs: dict[int, psutil.Process] = {}
     for m in managed:
+        for member in _cgroup_members(m):
+            procs[member.pid] = member
         root = _process(m)
         if root is None:
             continue
         with contextlib.suppress(psutil.Error):
-            procs.extend(root.children(recursive=True))
-        procs.append(root)
-    return procs
+            procs.update({c.pid: c for c in root.children(recursive=True)})
+        procs[root.pid] = root
+    return list(procs.values())
 
 
 def _signal_all(procs: list[psutil.Process], sig: int) -> None:
@@ -197,24 +211,37 @@ def reap() -> None:
             pass
 
 
-def stop(managed: Iterable[ManagedProcess], timeout: float = 10.0) -> None:
-    """Stop the given processes and all their descendants: SIGTERM, wait, SIGKILL, wait.
+def stop(
+    managed: Iterable[ManagedProcess], timeout: float = 10.0,
+    extra: Iterable[psutil.Process] = (),
+) -> None:
+    """Stop the given processes, their descendants and the members of their cgroups, plus
+    ``extra`` processes: SIGTERM, wait, SIGKILL, wait; then remove their cgroups.
 
-    Only pids recorded in ``managed`` (checked against their start time) and their descendants
-    are signalled; then their cgroups are removed.
+    Only pids recorded in ``managed`` (checked against their start time), their descendants and
+    cgroup members, and ``extra`` are signalled.
     """
     managed = list(managed)
-    procs = _tree(managed)
+    extra = list(extra)
+    procs = list({p.pid: p for p in _tree(managed) + extra}.values())
     _signal_all(procs, signal.SIGTERM)
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     # a SIGTERM'd parent may have forked late children: collect them too
-    alive = list({p.pid: p for p in alive + _tree(managed)}.values())
+    alive = list({p.pid: p for p in alive + _tree(managed) + extra}.values())
     _signal_all(alive, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=timeout)
     reap()
     for m in managed:
         if m.cgroup:
             remove_cgroup(m.cgroup)
+
+
+def new_children(before: set[int]) -> list[psutil.Process]:
+    """Our descendants whose pid is not in ``before``: what a run left re-parented to us
+    (we are a child subreaper, see :func:`become_subreaper`)."""
+    with contextlib.suppress(psutil.Error):
+        return [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    return []
 
 
 def descendants_alive(managed: Iterable[ManagedProcess]) -> list[int]:

@@ -36,6 +36,7 @@ CONNECTION = "edgefed"
 POLL_S = 1.0  # events file
 STATUS_EVERY = 5  # ``flwr list`` (a CLI start costs CPU) every 5th poll
 CLI_TIMEOUT_S = 120.0
+LOG_TIMEOUT_S = 20.0
 
 
 class RunCancelled(Exception):
@@ -85,10 +86,10 @@ def write_connection(flwr_home: Path, port: int) -> None:
     (flwr_home / "config.toml").write_text(tomli_w.dumps(conf))
 
 
-def _flwr(args: list[str], env: dict[str, str]) -> str:
+def _flwr(args: list[str], env: dict[str, str], timeout: float = CLI_TIMEOUT_S) -> str:
     result = subprocess.run(  # noqa: S603 - fixed argv
         [procs.which("flwr"), *args],
-        env=env, cwd=APP_DIR, capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+        env=env, cwd=APP_DIR, capture_output=True, text=True, timeout=timeout,
     )
     if result.returncode != 0:
         raise RuntimeError(f"flwr {args[0]} failed: {result.stderr.strip() or result.stdout}")
@@ -131,7 +132,7 @@ def save_run_log(state: fleet.FleetState, flwr_run_id: int, path: Path) -> None:
     """The run's ServerApp/ClientApp log (``flwr log RUN_ID --show``), kept for post-mortems."""
     try:
         path.write_text(_flwr(["log", str(flwr_run_id), CONNECTION, "--show"],
-                              procs.flower_env(Path(state.flwr_home))))
+                              procs.flower_env(Path(state.flwr_home)), timeout=LOG_TIMEOUT_S))
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
         path.write_text(f"could not fetch the run's log: {err}\n")
 
@@ -170,6 +171,7 @@ def run(
     overrides.write_text(tomli_w.dumps(run_config(config, out_dir, run_id, report_url,
                                                   report_token)))
     procs.become_subreaper()
+    children_before = {p.pid for p in procs.new_children(set())}
     flower_dir = out_dir / "flower"
     started = time.monotonic()
     outcome = RunOutcome(status="failed", flwr_run_id=None)
@@ -197,9 +199,9 @@ def run(
         raise
     finally:
         if state is not None:
-            if outcome.flwr_run_id is not None:
+            if outcome.flwr_run_id is not None and outcome.status != "cancelled":
                 save_run_log(state, outcome.flwr_run_id, flower_dir / "run.log")
-            procs.stop(state.processes)
+            procs.stop(state.processes, extra=procs.new_children(children_before))
             (flower_dir / fleet.STATE_FILE).unlink(missing_ok=True)
         reporter.close()
         outcome.wall_s = time.monotonic() - started
