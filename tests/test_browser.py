@@ -1,6 +1,7 @@
 """A real browser (headless Chromium via Selenium) against a real dashboard process: fill the
 new-experiment form, see an inline validation message, launch a small experiment (the real
-``edgefed run``), watch the charts render live, and save screenshots under test-output/."""
+``edgefed run``), watch the charts render live, and save screenshots under test-output/; and
+the run page following a run's events as they are posted."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ OUTPUT = REPO / "test-output"
 RUN_TIMEOUT_S = 480  # the real run: Flower + Ray start-up dominates on 2 shared cores
 
 pytestmark = [
-    pytest.mark.e2e, pytest.mark.slow,
+    pytest.mark.e2e,
     pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                        reason="Debian's chromium and chromium-driver are not installed"),
 ]
@@ -56,6 +57,7 @@ def count(driver, selector: str) -> int:
     return len(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
+@pytest.mark.slow
 def test_form_launch_and_live_charts(browser, tmp_path):
     OUTPUT.mkdir(exist_ok=True)
     wait = WebDriverWait(browser, 30)
@@ -110,4 +112,41 @@ def test_form_launch_and_live_charts(browser, tmp_path):
         browser.save_screenshot(str(OUTPUT / "dashboard-compare.png"))
         expected = "status of 422"  # the inline validation above: the server said no
         errors = [e["message"] for e in browser.get_log("browser") if expected not in e["message"]]
+        assert not errors, errors
+
+
+def test_run_page_follows_events_live(browser, tmp_path):
+    """Events posted while the page is open appear without a reload (the SSE stream)."""
+    wait = WebDriverWait(browser, 30)
+    with DashboardProcess(tmp_path, "--max-runs", "0") as server:
+        config = {"name": "live", "fleet": [{"device": "rpi5", "count": 4}], "rounds": 3}
+        experiment = httpx.post(f"{server.url}/api/experiments", json=config).json()
+        attached = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/attach").json()
+        run_id = attached["run"]["id"]
+        headers = {"Authorization": f"Bearer {attached['report_token']}"}
+
+        def post(**part: object) -> None:
+            response = httpx.post(attached["report_url"], json={"run_id": run_id, **part},
+                                  headers=headers)
+            assert response.status_code == 201, response.text
+
+        post(round={"round": 0, "accuracy": 0.3, "loss": 2.0})
+        browser.get(f"{server.url}/runs/{run_id}")
+        wait.until(lambda d: count(d, "#chart-accuracy circle.point") == 1)
+        for p in range(3):
+            post(client={"round": 1, "node_id": p, "partition_id": p, "device": "rpi5",
+                         "status": "ok", "peak_bytes": 2**20 * (p + 1),
+                         "budget_bytes": 64 * 2**20, "accuracy": 0.2 * p})
+        post(client={"round": 1, "node_id": 3, "partition_id": 3, "device": "rpi5",
+                     "status": "oom", "reason": "out of memory: needs 9 bytes, budget 8"})
+        post(round={"round": 1, "accuracy": 0.5, "loss": 1.5})
+        wait.until(lambda d: count(d, "#chart-accuracy circle.point") == 2
+                   and count(d, "#chart-heatmap rect.cell.filled") == 4
+                   and count(d, "#chart-memory rect.bar") == 3
+                   and count(d, "#client-table tbody tr") == 4)
+        post(state={"status": "finished"})
+        wait.until(lambda d: d.find_element(By.ID, "run-status").text == "finished")
+        assert "OOM" in browser.find_element(By.ID, "chart-memory").text
+        assert not browser.find_element(By.ID, "cancel").is_displayed()
+        errors = [e["message"] for e in browser.get_log("browser")]
         assert not errors, errors
