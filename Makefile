@@ -31,6 +31,7 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.ops
 	$(BIN)/python -m bench.pareto
+	$(BIN)/python -m bench.fleet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
