@@ -24,6 +24,7 @@ from server import procs
 
 STATE_FILE = "fleet.json"
 READY_TIMEOUT_S = 60.0
+SUPERLINK_ENV = "EDGEFED_SUPERLINK"  # host:port of a running SuperLink to attach runs to
 
 
 class FleetNode(BaseModel):
@@ -41,16 +42,18 @@ class FleetState(BaseModel):
     group: str
     port: int
     flwr_home: str
-    superlink: procs.ManagedProcess
+    superlink: procs.ManagedProcess | None  # None: a SuperLink edgefed did not start (attach)
     nodes: list[FleetNode] = []
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def processes(self) -> list[procs.ManagedProcess]:
-        return [self.superlink, *(p for n in self.nodes for p in (n.supernode, n.process))]
+        own = [self.superlink] if self.superlink is not None else []
+        return [*own, *(p for n in self.nodes for p in (n.supernode, n.process))]
 
 
 def superlink_cmd(port: int, simulation: bool) -> list[str]:
@@ -66,12 +69,23 @@ def superlink_cmd(port: int, simulation: bool) -> list[str]:
     return [*cmd, "--simulation"] if simulation else cmd
 
 
-def supernode_cmd(superlink: str, runtime_port: int, node_config: dict[str, object]) -> list[str]:
-    """``flower-supernode`` for one device, its app runtime started separately (``process``
-    isolation); strings in node-config are TOML-quoted."""
-    pairs = " ".join(
+def device_node_config(partition_id: int, num_partitions: int, device: str) -> dict[str, object]:
+    """What a device's SuperNode carries in its node-config (read by ``client.task.resolve_node``;
+    also written into the compose files by :mod:`server.compose`)."""
+    return {"partition-id": partition_id, "num-partitions": num_partitions, "device": device}
+
+
+def node_config_arg(node_config: dict[str, object]) -> str:
+    """The ``--node-config`` value: space-separated ``key=value``, strings TOML-quoted."""
+    return " ".join(
         f'{k}="{v}"' if isinstance(v, str) else f"{k}={v}" for k, v in node_config.items()
     )
+
+
+def supernode_cmd(superlink: str, runtime_port: int, node_config: dict[str, object]) -> list[str]:
+    """``flower-supernode`` for one device, its app runtime started separately (``process``
+    isolation)."""
+    pairs = node_config_arg(node_config)
     return [
         procs.which("flower-supernode"),
         "--insecure",
@@ -92,19 +106,22 @@ def superexec_cmd(runtime_port: int, supernode_pid: int) -> list[str]:
     ]
 
 
-def wait_ready(port: int, process: procs.ManagedProcess, timeout: float = READY_TIMEOUT_S) -> None:
+def wait_ready(
+    address: str, process: procs.ManagedProcess | None, timeout: float = READY_TIMEOUT_S
+) -> None:
     """Poll the SuperLink's ``/health`` until it answers; ``RuntimeError`` if it died or hung."""
+    where = f"see {process.log}" if process is not None else f"at {address}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not process.alive():
-            raise RuntimeError(f"flower-superlink exited early; see {process.log}")
+        if process is not None and not process.alive():
+            raise RuntimeError(f"flower-superlink exited early; {where}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1.0).is_success:
+            if httpx.get(f"http://{address}/health", timeout=1.0).is_success:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise RuntimeError(f"flower-superlink not ready after {timeout:.0f} s; see {process.log}")
+    raise RuntimeError(f"flower-superlink not ready after {timeout:.0f} s; {where}")
 
 
 def start_superlink(directory: Path, simulation: bool) -> FleetState:
@@ -127,10 +144,23 @@ def start_superlink(directory: Path, simulation: bool) -> FleetState:
     )
     save(directory, state)
     try:
-        wait_ready(port, superlink)
+        wait_ready(state.address, superlink)
     except RuntimeError:
         procs.stop(state.processes)
         raise
+    return state
+
+
+def attach(directory: Path, address: str) -> FleetState:
+    """A running SuperLink at ``host:port`` (e.g. the compose fleet's, whose SuperNodes are
+    containers): edgefed starts nothing, only waits until it answers."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{SUPERLINK_ENV}: expected HOST:PORT, got {address!r}")
+    directory.mkdir(parents=True, exist_ok=True)
+    state = FleetState(group=f"{directory.name}-attached", host=host, port=int(port),
+                       flwr_home=str(directory / "flwr-home"), superlink=None)
+    wait_ready(state.address, None)
     return state
 
 
@@ -139,7 +169,7 @@ def up(directory: Path, devices: list[DeviceProfile]) -> FleetState:
     state = start_superlink(directory, simulation=False)
     env = procs.flower_env(Path(state.flwr_home))
     for pid, device in enumerate(devices):
-        node_config = {"partition-id": pid, "num-partitions": len(devices), "device": device.name}
+        node_config = device_node_config(pid, len(devices), device.name)
         port = procs.free_port()
         log = directory / "nodes" / f"node-{pid}.log"
         supernode = procs.spawn(f"supernode-{pid}", supernode_cmd(state.address, port, node_config),

@@ -3,7 +3,9 @@
 - ``simulation``: ``flower-superlink --simulation`` (Flower's Simulation Engine, Ray) with
   ``num-supernodes`` = the fleet size; each virtual node's device comes from its partition id.
 - ``deployment``: :func:`server.fleet.up` — a SuperLink and one memory-limited SuperNode process
-  per device on loopback (Flower's Deployment Engine).
+  per device on loopback (Flower's Deployment Engine); or, when ``$EDGEFED_SUPERLINK`` names a
+  running SuperLink (``host:port``, e.g. the compose fleet's), :func:`server.fleet.attach` to it
+  (its SuperNodes are already there; a cancelled run is stopped with ``flwr stop``).
 
 Either way the app is this repository (``flwr run <repo>``), the experiment travels as JSON in the
 run-config, and the ServerApp writes events to ``<out>/events.jsonl``. ``flwr run`` exits 0 even
@@ -14,6 +16,7 @@ started here is stopped by pid in a ``finally`` block, including on SIGTERM/SIGI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -77,11 +80,11 @@ def run_config(
     }
 
 
-def write_connection(flwr_home: Path, port: int) -> None:
-    """A Flower config whose default SuperLink connection is ours (insecure, loopback)."""
+def write_connection(flwr_home: Path, address: str) -> None:
+    """A Flower config whose default SuperLink connection is ours (insecure)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     conf = {"superlink": {"default": CONNECTION, CONNECTION: {
-        "address": f"127.0.0.1:{port}", "insecure": True,
+        "address": address, "insecure": True,
     }}}
     (flwr_home / "config.toml").write_text(tomli_w.dumps(conf))
 
@@ -107,7 +110,7 @@ def submit(
 ) -> int:
     """``flwr run <app> edgefed --run-config FILE [--federation-config ...]`` -> Flower run id."""
     env = procs.flower_env(Path(state.flwr_home))
-    write_connection(Path(state.flwr_home), state.port)
+    write_connection(Path(state.flwr_home), state.address)
     args = ["run", str(app_dir), CONNECTION, "--run-config", str(overrides), "--format", "json"]
     if federation_config:
         pairs = " ".join(f"{k}={v}" for k, v in federation_config.items())
@@ -135,6 +138,13 @@ def save_run_log(state: fleet.FleetState, flwr_run_id: int, path: Path) -> None:
                               procs.flower_env(Path(state.flwr_home)), timeout=LOG_TIMEOUT_S))
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as err:
         path.write_text(f"could not fetch the run's log: {err}\n")
+
+
+def stop_run(state: fleet.FleetState, flwr_run_id: int) -> None:
+    """``flwr stop``: a run on a SuperLink edgefed did not start outlives our processes."""
+    with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired, OSError):  # best effort
+        _flwr(["stop", str(flwr_run_id), CONNECTION], procs.flower_env(Path(state.flwr_home)),
+              timeout=LOG_TIMEOUT_S)
 
 
 def simulation_resources(num_clients: int) -> dict[str, int]:
@@ -181,6 +191,9 @@ def run(
         if engine == "simulation":
             state = fleet.start_superlink(flower_dir, simulation=True)
             resources = simulation_resources(len(devices))
+        elif attach_to := os.environ.get(fleet.SUPERLINK_ENV):
+            state = fleet.attach(flower_dir, attach_to)
+            resources = None
         else:
             state = fleet.up(flower_dir, devices)
             resources = None
@@ -192,6 +205,8 @@ def run(
         reporter.emit(state=RunState(status=final, message=f"flower status {outcome.status}"))
     except RunCancelled as why:
         outcome.status = "cancelled"
+        if state is not None and state.superlink is None and outcome.flwr_run_id is not None:
+            stop_run(state, outcome.flwr_run_id)
         reporter.emit(state=RunState(status="cancelled", message=f"received {why}"))
         raise
     except Exception as err:
@@ -227,7 +242,7 @@ def _follow(
                 on_event(event)
         if status.startswith("finished"):
             return status
-        if not state.superlink.alive():
+        if state.superlink is not None and not state.superlink.alive():
             return "finished:failed (superlink exited)"
         time.sleep(POLL_S)
         if tick % STATUS_EVERY == 0:
