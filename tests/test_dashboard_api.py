@@ -121,6 +121,21 @@ def test_cross_site_requests_are_refused(client):
     assert client.post("/api/experiments", json=tiny_config(), headers=same).status_code == 201
 
 
+def test_oversized_and_chunked_bodies_are_refused(client):
+    big = json.dumps(tiny_config(name="x" * (2 << 20)))
+    response = client.post("/api/experiments", content=big,
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+
+    def chunks():
+        yield json.dumps(tiny_config()).encode()
+
+    response = client.post("/api/experiments", content=chunks(),
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 411
+    assert client.get("/api/experiments").json() == []
+
+
 def test_ingestion_requires_the_run_token(client):
     run_id, headers = attach(client, create(client)["id"])
     event = client_event(run_id, 1, 0)

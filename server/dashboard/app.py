@@ -26,7 +26,7 @@ from server.dashboard.cache import ResponseCache
 from server.dashboard.db import Database
 from server.dashboard.deps import Services
 from server.dashboard.runner import Runner, stop_orphan
-from server.dashboard.security import OriginGuard
+from server.dashboard.security import RequestGuard
 from server.dashboard.settings import Settings, is_loopback
 from server.dashboard.store import Conflict, NotFound, RunLog
 from server.dashboard.validation import json_safe, locate
@@ -114,6 +114,6 @@ def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
     for module in (experiments, runs, stream, export, meta, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")
-    app.add_middleware(OriginGuard, loopback_only=is_loopback(settings.host),
+    app.add_middleware(RequestGuard, loopback_only=is_loopback(settings.host),
                        extra_hosts=extra_hosts)
     return app

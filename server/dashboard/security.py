@@ -1,9 +1,12 @@
-"""Request guard against cross-site use of a dashboard on the loopback interface.
+"""Checks every request passes before it reaches a route.
 
-A web page the user visits can make the browser send requests to ``127.0.0.1``. Two checks stop
-that without a token: a mutating request that carries an ``Origin`` must come from this server's
-own origin, and, when bound to loopback, the ``Host`` header must name a loopback host (defeats
-DNS rebinding, where an outside name resolves to 127.0.0.1).
+- Size: a body must declare its length (no chunked uploads) and stay under ``MAX_BODY`` bytes,
+  so no request can make the server buffer more than that.
+- Cross-site use of a dashboard on the loopback interface: a web page the user visits can make
+  the browser send requests to ``127.0.0.1``. Without a token, two checks stop that: a mutating
+  request that carries an ``Origin`` must come from this server's own origin, and, when bound to
+  loopback, the ``Host`` header must name a loopback host (defeats DNS rebinding, where an
+  outside name resolves to 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.dashboard.settings import is_loopback
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+MAX_BODY = 1 << 20  # the largest valid request (an experiment or an event) is a few KiB
 
 
 def _hostname(host: str) -> str:
     return urlsplit(f"//{host}").hostname or ""
 
 
-class OriginGuard:
+class RequestGuard:
     def __init__(self, app: ASGIApp, loopback_only: bool, extra_hosts: frozenset[str]) -> None:
         self.app = app
         self.loopback_only = loopback_only
@@ -30,19 +34,25 @@ class OriginGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            problem = self._problem(scope)
-            if problem:
-                await PlainTextResponse(problem, status_code=403)(scope, receive, send)
+            refusal = self._refusal(scope)
+            if refusal:
+                status, reason = refusal
+                await PlainTextResponse(reason, status_code=status)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
-    def _problem(self, scope: Scope) -> str | None:
+    def _refusal(self, scope: Scope) -> tuple[int, str] | None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return 411, "a request body needs a Content-Length"
+        length = headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > MAX_BODY:
+            return 413, f"request bodies are limited to {MAX_BODY} bytes"
         host = headers.get("host", "")
         name = _hostname(host)
         if self.loopback_only and not (is_loopback(name) or name in self.extra_hosts):
-            return f"host {name!r} is not served here"
+            return 403, f"host {name!r} is not served here"
         origin = headers.get("origin")
         if scope["method"] not in SAFE_METHODS and origin and urlsplit(origin).netloc != host:
-            return f"cross-origin {scope['method']} from {origin!r} refused"
+            return 403, f"cross-origin {scope['method']} from {origin!r} refused"
         return None
