@@ -1,0 +1,335 @@
+"""The compose fleet end to end on a real Docker engine (``make compose-test``).
+
+1. Engine: ``deploy/docker-engine.sh start`` when no engine answers; stopped at the end only then.
+2. Image: ``deploy/build-image.sh`` (local base image + wheelhouse when no registry answers; the
+   tag is a content hash, so an unchanged tree reuses the image).
+3. Fleet: ``edgefed compose --fleet compose-test`` brought up as project ``edgefed-e2e``; the
+   SuperLink and the dashboard are published on free loopback ports.
+4. Limits: every device's app container has ``HostConfig.Memory`` = the catalogue's ``ram_bytes``
+   and ``NanoCpus`` = ``cpus`` * 1e9.
+5. Experiment: 2 rounds launched through the dashboard's API on the deployment engine, attached
+   to the fleet's SuperLink. Every device that fits reports metrics in every round; the device
+   whose limit is too small fails each round with a reason (its ClientApp is killed or errors)
+   and the run still finishes.
+6. Teardown: ``docker-compose down -v`` then removal by id of anything left of the project, with
+   timeouts. Nothing here waits without a deadline; the whole run is capped (``--budget``).
+
+Logs of every service go to ``test-output/compose-e2e/logs`` when a step fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+from client.task import Node
+from common.config import ExperimentConfig
+from common.devices import Catalogue, DeviceProfile, load_catalogue
+from server.compose import fleet_devices, fleet_mix, generate_compose
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "test-output" / "compose-e2e"
+PROJECT = "edgefed-e2e"
+FLEET = "compose-test"
+ROUNDS = 2
+T = TypeVar("T")
+
+
+class Failed(AssertionError):
+    """A check of the end-to-end test did not hold."""
+
+
+class Clock:
+    """The run's deadline: every wait takes what is left, never more."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.deadline = time.monotonic() + budget_s
+
+    def left(self, cap: float) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Failed("out of time: the end-to-end budget is spent")
+        return min(cap, left)
+
+
+def log(message: str) -> None:
+    print(f"[compose-e2e {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def sh(cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None,
+       check: bool = True) -> str:
+    """Run ``cmd`` with a timeout; its stdout, or :class:`Failed` with its stderr."""
+    try:
+        done = subprocess.run(list(cmd), cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise Failed(f"{' '.join(cmd[:3])} ...: no answer after {timeout:.0f} s") from None
+    if check and done.returncode != 0:
+        raise Failed(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-3000:]}")
+    return done.stdout
+
+
+def poll(what: str, probe: Callable[[], T | None], clock: Clock, cap: float,
+         every: float = 3.0) -> T:
+    """Call ``probe`` until it returns something other than None, within ``cap`` seconds."""
+    deadline = time.monotonic() + clock.left(cap)
+    while time.monotonic() < deadline:
+        result = probe()
+        if result is not None:
+            return result
+        time.sleep(every)
+    raise Failed(f"{what}: not within {cap:.0f} s")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def engine(clock: Clock) -> Iterator[None]:
+    """A Docker engine for the duration; one started here is stopped here."""
+    answers = subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+    if not answers:
+        log("no Docker engine answers: starting one")
+        sh(["deploy/docker-engine.sh", "start"], timeout=clock.left(180))
+    try:
+        yield
+    finally:
+        if not answers:
+            sh(["deploy/docker-engine.sh", "stop"], timeout=90, check=False)
+            log("stopped the Docker engine started here")
+
+
+class Fleet:
+    """The compose project: up, inspect, logs, down."""
+
+    def __init__(self, image: str, compose_file: Path) -> None:
+        self.compose_file = compose_file
+        self.dashboard_port = free_port()
+        self.token = secrets.token_hex(16)
+        self.env = {
+            **os.environ,
+            "EDGEFED_IMAGE": image,
+            "EDGEFED_DASHBOARD_TOKEN": self.token,
+            "EDGEFED_BIND": "127.0.0.1",
+            "EDGEFED_DASHBOARD_PORT": str(self.dashboard_port),
+            "EDGEFED_SUPERLINK_PORT": str(free_port()),
+        }
+
+    def compose(self, *args: str, timeout: float, check: bool = True) -> str:
+        return sh(["docker-compose", "--project-name", PROJECT, "--project-directory", str(ROOT),
+                   "--file", str(self.compose_file), *args], timeout=timeout, env=self.env,
+                  check=check)
+
+    def containers(self) -> list[dict]:
+        ids = sh(["docker", "ps", "--all", "--quiet", "--filter",
+                  f"label=com.docker.compose.project={PROJECT}"], timeout=30).split()
+        return json.loads(sh(["docker", "inspect", *ids], timeout=60)) if ids else []
+
+    def save_logs(self) -> None:
+        logs = OUT / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for c in self.containers():
+            name = c["Name"].lstrip("/")
+            text = sh(["docker", "logs", "--tail", "300", c["Id"]], timeout=30, check=False)
+            (logs / f"{name}.log").write_text(text)
+        log(f"container logs in {logs}")
+
+    def down(self) -> None:
+        """``down -v``, then whatever is left of the project removed by id."""
+        try:
+            self.compose("down", "--volumes", "--remove-orphans", "--timeout", "10",
+                         timeout=240, check=False)
+        except Failed as err:
+            log(f"docker-compose down: {err}")
+        label = f"label=com.docker.compose.project={PROJECT}"
+        for kind, ls in (("container", ["docker", "ps", "-aq"]),
+                         ("network", ["docker", "network", "ls", "-q"]),
+                         ("volume", ["docker", "volume", "ls", "-q"])):
+            ids = sh([*ls, "--filter", label], timeout=30, check=False).split()
+            if ids:
+                force = ["--force"] if kind != "network" else []
+                sh(["docker", kind, "rm", *force, *ids], timeout=120, check=False)
+                log(f"removed leftover {kind}s {' '.join(i[:12] for i in ids)}")
+
+
+def check_limits(
+    containers: list[dict], catalogue: Catalogue, devices: list[DeviceProfile]
+) -> None:
+    """Each device's running app container is capped at its catalogue memory and CPUs."""
+    apps = {int(c["Config"]["Labels"]["edgefed.partition-id"]): c for c in containers
+            if c["Config"]["Labels"].get("edgefed.role") == "clientapp"}
+    if sorted(apps) != list(range(len(devices))):
+        raise Failed(f"app containers for partitions {sorted(apps)}, want 0..{len(devices) - 1}")
+    for pid, c in sorted(apps.items()):
+        device = catalogue.profile(c["Config"]["Labels"]["edgefed.device"])
+        if device.name != devices[pid].name:
+            raise Failed(f"partition {pid}: container runs {device.name}, fleet says "
+                         f"{devices[pid].name}")
+        memory, cpus = c["HostConfig"]["Memory"], c["HostConfig"]["NanoCpus"]
+        if memory != device.ram_bytes or cpus != round(device.cpus * 1e9):
+            raise Failed(f"{c['Name']}: Memory {memory}, NanoCpus {cpus}; catalogue "
+                         f"{device.ram_bytes}, {device.cpus} CPUs")
+    limits = sorted({d.ram_bytes for d in devices})
+    log(f"{len(apps)} device containers capped as catalogued; limits (MiB): "
+        f"{', '.join(f'{b / 2**20:.0f}' for b in limits)}")
+    if len(apps) < 8 or len(limits) < 3:
+        raise Failed(f"want >= 8 devices with >= 3 memory limits, got {len(apps)} / {len(limits)}")
+
+
+def pick_seed(devices: list[DeviceProfile], rounds: int) -> int:
+    """The first seed under which every device is online in every round, so that every device
+    must answer (availability draws are deterministic per seed, round and partition)."""
+    for seed in range(10_000):
+        config_seed = ExperimentConfig.model_construct(seed=seed)
+        if all(Node(pid, len(devices), d, "fit").available(config_seed, r)
+               for pid, d in enumerate(devices) for r in range(1, rounds + 1)):
+            return seed
+    raise Failed("no seed keeps every device online")
+
+
+def experiment(catalogue: Catalogue, seed: int) -> dict:
+    """A 2-round, seconds-per-round experiment on the compose-test fleet."""
+    fleet = [{"device": d, "count": n} for d, n in fleet_mix(FLEET, catalogue).items()]
+    return ExperimentConfig(
+        name="compose-e2e", model="smallcnn", width=0.5, fleet=fleet, rounds=ROUNDS,
+        local_steps=1, batch_size=8, samples_per_client=16, test_samples=64, pretrain_epochs=0,
+        min_train_clients=1, partitioner="iid", seed=seed,
+        compression={"method": "hosvd", "last_k": 3, "eps": 0.8},
+    ).model_dump(mode="json")
+
+
+def starved(device: DeviceProfile) -> bool:
+    """Too small for a Python + torch ClientApp (the catalogue says so in its description)."""
+    return "too small" in device.description
+
+
+def run_experiment(api: httpx.Client, config: dict, clock: Clock) -> dict:
+    created = api.post("/api/experiments", json=config)
+    if created.status_code != 201:
+        raise Failed(f"create experiment: {created.status_code} {created.text[:500]}")
+    launched = api.post(f"/api/experiments/{created.json()['id']}/launch",
+                        json={"engine": "deployment"})
+    if launched.status_code != 202:
+        raise Failed(f"launch: {launched.status_code} {launched.text[:500]}")
+    run_id = launched.json()["id"]
+    log(f"run {run_id} launched")
+
+    def finished() -> dict | None:
+        detail = api.get(f"/api/runs/{run_id}").json()
+        status = detail["run"]["status"]
+        return detail if status not in ("queued", "running") else None
+
+    detail = poll(f"run {run_id}", finished, clock, cap=900, every=5)
+    log(f"run {run_id}: {detail['run']['status']} ({detail['run']['message']})")
+    return detail
+
+
+def check_clients(detail: dict, devices: list[DeviceProfile]) -> None:
+    """Every fitting device reported metrics each round; the starved one failed with a reason."""
+    if detail["run"]["status"] != "finished":
+        raise Failed(f"run ended {detail['run']['status']}: {detail['run']['message']}")
+    rows = {(c["round"], c["partition_id"]): c for c in detail["clients"]
+            if c["phase"] == "train"}
+    for server_round in range(1, ROUNDS + 1):
+        for pid, device in enumerate(devices):
+            row = rows.get((server_round, pid))
+            if row is None:
+                raise Failed(f"round {server_round}: no row from partition {pid} ({device.name})")
+            if row["device"] != device.name:
+                raise Failed(f"partition {pid} reported as {row['device']}, is {device.name}")
+            if starved(device):
+                if row["status"] not in ("error", "oom") or not row["reason"]:
+                    raise Failed(f"{device.name} (partition {pid}) should fail, got {row}")
+                log(f"round {server_round}: {device.name} failed as expected: {row['reason']}")
+            elif row["status"] != "ok" or row["peak_bytes"] is None or row["accuracy"] is None:
+                raise Failed(f"round {server_round}: partition {pid} ({device.name}): {row}")
+    rounds = [r["round"] for r in detail["rounds"]]
+    if rounds[-1:] != [ROUNDS]:
+        raise Failed(f"global rounds recorded: {rounds}")
+    ok = sum(r["status"] == "ok" for r in rows.values())
+    log(f"per-client rows: {len(rows)} ({ok} ok) from {len(devices)} devices x {ROUNDS} rounds")
+
+
+def check_survivors(containers: list[dict]) -> None:
+    """Devices that fit were never killed; report what happened to the starved one."""
+    for c in containers:
+        labels = c["Config"]["Labels"]
+        if labels.get("edgefed.role") != "clientapp":
+            continue
+        state = c["State"]
+        restarts = c.get("RestartCount", 0)
+        if labels["edgefed.device"] == "pi-starved":
+            log(f"{c['Name']}: OOMKilled={state['OOMKilled']}, restarts={restarts}, "
+                f"status={state['Status']}")
+        elif state["OOMKilled"] or restarts or not state["Running"]:
+            raise Failed(f"{c['Name']} was killed or restarted: {state}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=25 * 60, help="seconds for everything")
+    parser.add_argument("--keep", action="store_true", help="leave the fleet up afterwards")
+    args = parser.parse_args(argv)
+    clock = Clock(args.budget)
+    started = time.monotonic()
+    catalogue = load_catalogue()
+    devices = fleet_devices(FLEET, catalogue)
+    OUT.mkdir(parents=True, exist_ok=True)
+    compose_file = OUT / "docker-compose.yml"
+    compose_file.write_text(generate_compose(FLEET, catalogue))
+    with engine(clock):
+        image = sh(["deploy/build-image.sh"], timeout=clock.left(15 * 60)).split()[-1]
+        log(f"image {image} ({time.monotonic() - started:.0f} s so far)")
+        fleet = Fleet(image, compose_file)
+        fleet.down()  # anything a crashed earlier run left behind
+        ok = False
+        try:
+            fleet.compose("up", "--detach", "--no-build", timeout=clock.left(600))
+            log(f"fleet up: {len(fleet.containers())} containers")
+            check_limits(fleet.containers(), catalogue, devices)
+            url = f"http://127.0.0.1:{fleet.dashboard_port}"
+            with httpx.Client(base_url=url, timeout=30,
+                              headers={"Authorization": f"Bearer {fleet.token}"}) as api:
+
+                def dashboard_answers() -> bool | None:
+                    try:
+                        return api.get("/api/info").is_success or None
+                    except httpx.HTTPError:
+                        return None
+
+                poll("dashboard", dashboard_answers, clock, cap=300)
+                detail = run_experiment(api, experiment(catalogue, pick_seed(devices, ROUNDS)),
+                                        clock)
+            check_clients(detail, devices)
+            check_survivors(fleet.containers())
+            ok = True
+        finally:
+            if not ok:
+                fleet.save_logs()
+            if not args.keep:
+                fleet.down()
+    log(f"passed in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Failed as failure:
+        print(f"compose-e2e FAILED: {failure}", file=sys.stderr)
+        sys.exit(1)
