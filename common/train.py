@@ -13,6 +13,10 @@ w_global the weights at the start of the call unless given.
 the Setup-B split and caches the weights under ``<cache>/checkpoints/<hash>.pt``, keyed by
 everything that determines them. To stay well under two minutes on two CPU cores, it uses a
 seeded subsample of the server half (``PRETRAIN_SAMPLES``, part of the key).
+
+``run_centralized`` is Setup B without federation (the demo until the fleet runs): pretrain,
+fine-tune the last K layers with the experiment's method on the client half, and print
+accuracy before/after with the measured memory of that method and of vanilla backprop.
 """
 
 from __future__ import annotations
@@ -121,6 +125,8 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model: has no trainable parameters")
+    if len(data) == 0:
+        raise ValueError("data: is empty")
     loader = _loader(data, batch_size, seed)
     total = epochs * len(loader)
     total = total if max_steps is None else min(total, max_steps)
@@ -249,7 +255,7 @@ def pretrain_setup_b(
     indices = subsample(server_half.indices, max_samples, config.seed)
     train(
         model,
-        Subset(server_half.dataset, list(indices)),
+        Subset(server_half.dataset, indices.tolist()),
         epochs=config.pretrain_epochs,
         lr=PRETRAIN_LR,
         batch_size=PRETRAIN_BATCH,

@@ -103,11 +103,13 @@ def test_evaluate_is_exact_and_restores_modes() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"epochs": 0}, "epochs"), ({"max_steps": 0}, "max_steps"), ({"proximal_mu": -1}, "mu")],
+    [({"epochs": 0}, "epochs"), ({"max_steps": 0}, "max_steps"), ({"proximal_mu": -1}, "mu"),
+     ({"data": TensorDataset(torch.zeros(0, 4), torch.zeros(0))}, "data")],
 )
 def test_train_rejects_bad_arguments(kwargs: dict, field: str) -> None:
+    arguments = {"data": _blobs(), **kwargs}
     with pytest.raises(ValueError, match=field):
-        T.train(_classifier(), _blobs(), **kwargs)
+        T.train(_classifier(), **arguments)
 
 
 def _config(**fields: object) -> ExperimentConfig:
