@@ -35,6 +35,15 @@ CONV_KINDS = {"standard": (6, 5, 1), "depthwise": (6, 6, 6), "multiplier": (4, 8
 GEOMETRIES = [(1, 0, 1), (2, 1, 1), (1, (1, 2), 2), (2, (1, 2), 2), (2, 0, 2), (1, 1, 2)]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread spares OpenMP barriers on busy shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 

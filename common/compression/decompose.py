@@ -68,9 +68,15 @@ class ModeSpectrum:
     tall: bool  # True: the Gram matrix was A^T A (vectors are right singular vectors)
 
 
+def unfolding(x: Tensor, n: int) -> Tensor:
+    """A_(n) = tl.unfold(x, n); for the last mode the transposed view X.reshape(-1, I_n)^T
+    (same matrix, no copy; the first mode is a view already)."""
+    return x.reshape(-1, x.shape[n]).T if n == x.ndim - 1 else tl.unfold(x, n)
+
+
 def mode_spectrum(x: Tensor, n: int) -> ModeSpectrum:
     """Spectrum of A_(n) from the eigendecomposition of its smaller Gram side."""
-    a = tl.unfold(x, n)
+    a = unfolding(x, n)
     tall = a.shape[0] > a.shape[1]
     gram = a.T @ a if tall else a @ a.T
     energies, vectors = torch.linalg.eigh(gram)  # ascending
@@ -81,7 +87,7 @@ def leading_vectors(x: Tensor, n: int, spectrum: ModeSpectrum, k: int) -> Tensor
     """U_n: the k leading left singular vectors of A_(n) (I_n x k, orthonormal)."""
     if not spectrum.tall:
         return spectrum.vectors[:, :k].clone(memory_format=torch.contiguous_format)  # own storage
-    return torch.linalg.qr(tl.unfold(x, n) @ spectrum.vectors[:, :k]).Q
+    return torch.linalg.qr(unfolding(x, n) @ spectrum.vectors[:, :k]).Q
 
 
 def project(x: Tensor, factors: Factors) -> Tensor:
