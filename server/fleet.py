@@ -25,6 +25,7 @@ from server import procs
 STATE_FILE = "fleet.json"
 READY_TIMEOUT_S = 60.0
 SUPERLINK_ENV = "EDGEFED_SUPERLINK"  # host:port of a running SuperLink to attach runs to
+ROOT_CERTIFICATES_ENV = "EDGEFED_SUPERLINK_ROOT_CERTIFICATES"  # its CA (PEM) when it runs TLS
 
 
 class FleetNode(BaseModel):
@@ -45,6 +46,7 @@ class FleetState(BaseModel):
     superlink: procs.ManagedProcess | None  # None: a SuperLink edgefed did not start (attach)
     nodes: list[FleetNode] = []
     host: str = "127.0.0.1"
+    root_certificates: str | None = None  # CA of a TLS SuperLink; None: insecure
 
     @property
     def address(self) -> str:
@@ -107,16 +109,20 @@ def superexec_cmd(runtime_port: int, supernode_pid: int) -> list[str]:
 
 
 def wait_ready(
-    address: str, process: procs.ManagedProcess | None, timeout: float = READY_TIMEOUT_S
+    address: str, process: procs.ManagedProcess | None, timeout: float = READY_TIMEOUT_S,
+    root_certificates: str | None = None,
 ) -> None:
-    """Poll the SuperLink's ``/health`` until it answers; ``RuntimeError`` if it died or hung."""
+    """Poll the SuperLink's ``/health`` (HTTPS verified against ``root_certificates`` if given)
+    until it answers; ``RuntimeError`` if it died or hung."""
     where = f"see {process.log}" if process is not None else f"at {address}"
+    url = f"{'https' if root_certificates else 'http'}://{address}/health"
+    verify: str | bool = root_certificates or True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and not process.alive():
             raise RuntimeError(f"flower-superlink exited early; {where}")
         try:
-            if httpx.get(f"http://{address}/health", timeout=1.0).is_success:
+            if httpx.get(url, timeout=1.0, verify=verify).is_success:
                 return
         except httpx.HTTPError:
             pass
@@ -151,16 +157,18 @@ def start_superlink(directory: Path, simulation: bool) -> FleetState:
     return state
 
 
-def attach(directory: Path, address: str) -> FleetState:
+def attach(directory: Path, address: str, root_certificates: str | None = None) -> FleetState:
     """A running SuperLink at ``host:port`` (e.g. the compose fleet's, whose SuperNodes are
-    containers): edgefed starts nothing, only waits until it answers."""
+    containers), over TLS when ``root_certificates`` names its CA: edgefed starts nothing, only
+    waits until it answers."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"{SUPERLINK_ENV}: expected HOST:PORT, got {address!r}")
     directory.mkdir(parents=True, exist_ok=True)
     state = FleetState(group=f"{directory.name}-attached", host=host, port=int(port),
-                       flwr_home=str(directory / "flwr-home"), superlink=None)
-    wait_ready(state.address, None)
+                       flwr_home=str(directory / "flwr-home"), superlink=None,
+                       root_certificates=root_certificates)
+    wait_ready(state.address, None, root_certificates=root_certificates)
     return state
 
 

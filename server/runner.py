@@ -5,7 +5,8 @@
 - ``deployment``: :func:`server.fleet.up` — a SuperLink and one memory-limited SuperNode process
   per device on loopback (Flower's Deployment Engine); or, when ``$EDGEFED_SUPERLINK`` names a
   running SuperLink (``host:port``, e.g. the compose fleet's), :func:`server.fleet.attach` to it
-  (its SuperNodes are already there; a cancelled run is stopped with ``flwr stop``).
+  (its SuperNodes are already there; a cancelled run is stopped with ``flwr stop``), over TLS
+  when ``$EDGEFED_SUPERLINK_ROOT_CERTIFICATES`` names its CA certificate.
 
 Either way the app is this repository (``flwr run <repo>``), the experiment travels as JSON in the
 run-config, and the ServerApp writes events to ``<out>/events.jsonl``. ``flwr run`` exits 0 even
@@ -80,12 +81,13 @@ def run_config(
     }
 
 
-def write_connection(flwr_home: Path, address: str) -> None:
-    """A Flower config whose default SuperLink connection is ours (insecure)."""
+def write_connection(flwr_home: Path, address: str, root_certificates: str | None = None) -> None:
+    """A Flower config whose default SuperLink connection is ours: TLS verified against
+    ``root_certificates`` if given, else insecure."""
     flwr_home.mkdir(parents=True, exist_ok=True)
-    conf = {"superlink": {"default": CONNECTION, CONNECTION: {
-        "address": address, "insecure": True,
-    }}}
+    security = ({"root-certificates": root_certificates} if root_certificates
+                else {"insecure": True})
+    conf = {"superlink": {"default": CONNECTION, CONNECTION: {"address": address, **security}}}
     (flwr_home / "config.toml").write_text(tomli_w.dumps(conf))
 
 
@@ -110,7 +112,7 @@ def submit(
 ) -> int:
     """``flwr run <app> edgefed --run-config FILE [--federation-config ...]`` -> Flower run id."""
     env = procs.flower_env(Path(state.flwr_home))
-    write_connection(Path(state.flwr_home), state.address)
+    write_connection(Path(state.flwr_home), state.address, state.root_certificates)
     args = ["run", str(app_dir), CONNECTION, "--run-config", str(overrides), "--format", "json"]
     if federation_config:
         pairs = " ".join(f"{k}={v}" for k, v in federation_config.items())
@@ -192,7 +194,8 @@ def run(
             state = fleet.start_superlink(flower_dir, simulation=True)
             resources = simulation_resources(len(devices))
         elif attach_to := os.environ.get(fleet.SUPERLINK_ENV):
-            state = fleet.attach(flower_dir, attach_to)
+            state = fleet.attach(flower_dir, attach_to,
+                                 os.environ.get(fleet.ROOT_CERTIFICATES_ENV) or None)
             resources = None
         else:
             state = fleet.up(flower_dir, devices)

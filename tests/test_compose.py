@@ -18,7 +18,13 @@ import yaml
 from typer.testing import CliRunner
 
 from common.devices import load_catalogue
-from server.compose import compose_command, fleet_devices, generate_compose, parse_mix
+from server.compose import (
+    compose_command,
+    fleet_devices,
+    generate_compose,
+    generate_tls_overlay,
+    parse_mix,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKED_IN = ROOT / "docker-compose.yml"
@@ -40,6 +46,32 @@ def test_checked_in_file_is_the_generated_compose_fleet() -> None:
         "docker-compose.yml is stale: run `edgefed compose --fleet compose --out "
         "docker-compose.yml`"
     )
+
+
+def test_checked_in_tls_overlay_is_the_generated_one() -> None:
+    assert TLS_OVERLAY.read_text() == generate_tls_overlay("compose", load_catalogue()), (
+        "deploy/docker-compose.tls.yml is stale: run `edgefed compose --fleet compose --tls "
+        "--out deploy/docker-compose.tls.yml`"
+    )
+
+
+def test_tls_overlay_secures_every_link_and_node() -> None:
+    base = _spec("compose-test")["services"]
+    overlay = yaml.safe_load(generate_tls_overlay("compose-test", load_catalogue()))["services"]
+    assert "--insecure" not in overlay["superlink"]["command"]
+    assert "--enable-supernode-auth" in overlay["superlink"]["command"]
+    assert "--insecure" not in overlay["serverapp"]["command"]
+    nodes = [n for n, s in base.items() if s["labels"]["edgefed.role"] == "supernode"]
+    for name in nodes:
+        command = overlay[name]["command"]
+        assert "--insecure" not in command and "--auth-supernode-private-key" in command
+        assert _node_config(command) == _node_config(base[name]["command"])
+        pid = base[name]["labels"]["edgefed.partition-id"]
+        assert any(v.endswith(f"/supernode-{pid}:/certs/supernode.key:ro")
+                   for v in overlay[name]["volumes"])
+        assert overlay[name]["depends_on"] == {
+            "register": {"condition": "service_completed_successfully"}}
+    assert set(overlay) <= {*base, "register"}
 
 
 @pytest.mark.parametrize("fleet", ["compose", "compose-test", {"rpi5": 1, "phone": 2}])
@@ -117,7 +149,8 @@ def test_image_requirements_leave_out_ray() -> None:
 @pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed")
 @pytest.mark.parametrize("fleet", ["compose", "compose-test"])
 def test_docker_compose_accepts_it(fleet: str, tmp_path: Path) -> None:
-    """docker-compose 1.29 validates a file without ``version`` against the Compose Spec schema."""
+    """docker-compose 1.29 validates a file without ``version`` against the Compose Spec schema;
+    the TLS overlay merges onto it; without the dashboard token it refuses to start."""
     path = tmp_path / "docker-compose.yml"
     path.write_text(generate_compose(fleet, load_catalogue()))
     env = {**os.environ, "EDGEFED_DASHBOARD_TOKEN": "t"}
@@ -125,10 +158,11 @@ def test_docker_compose_accepts_it(fleet: str, tmp_path: Path) -> None:
     done = subprocess.run([*base, "config", "-q"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
-    if TLS_OVERLAY.exists():
-        done = subprocess.run([*base, "-f", str(TLS_OVERLAY), "config", "-q"], env=env,
-                              capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
+    overlay = tmp_path / "docker-compose.tls.yml"
+    overlay.write_text(generate_tls_overlay(fleet, load_catalogue()))
+    done = subprocess.run([*base, "-f", str(overlay), "config", "-q"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
     unset = {k: v for k, v in env.items() if k != "EDGEFED_DASHBOARD_TOKEN"}
     done = subprocess.run([*base, "config", "-q"], env=unset, capture_output=True, text=True,
                           timeout=60)
