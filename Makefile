@@ -33,5 +33,10 @@ bench: install
 	$(BIN)/python -m bench.pareto
 	$(BIN)/python -m bench.fleet
 
+# The compose fleet on a real Docker engine (root; docker.io, docker-compose, debootstrap installed):
+# engine, image, >= 8 memory-capped device containers, a 2-round run through the dashboard API.
+compose-test: install
+	$(BIN)/python -m tests.compose_e2e
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
