@@ -3,17 +3,20 @@
 A real dashboard process (``python -m server.dashboard``, SQLite in WAL mode, 127.0.0.1) holds
 one attached run of ``--clients`` clients. A producer POSTs that run's events at a steady
 ``--rate`` (client results, then the round's global metrics, round after round) through the
-ingestion endpoint; ``--readers`` asynchronous readers each loop over what a person with the run
-page open causes (the page, its script, the run snapshot, rounds, per-client rows of a round,
-the run list, the comparison), pausing ``--think`` seconds (+-50 % jitter) between requests;
-``--streams`` of them also hold the live event stream open and time each event's delivery.
+ingestion endpoint; ``--readers`` asynchronous httpx readers each loop over what a person with
+the run page open causes (the page, its script, the run snapshot, rounds, per-client rows of a
+round, the run list, the comparison), pausing ``--think`` seconds (+-50 % jitter) between
+requests; ``--streams`` more hold the live event stream open and time each event's delivery.
+The readers are spread over ``--procs`` processes so that the load generator, not the server,
+is never what waits for a CPU.
 
 Reported: request latency p50/p90/p99/max per request kind and overall, errors (non-2xx/304 or
-transport), ingestion latency, stream delivery delay, the server's CPU time per request and
-the machine's load average (latency on a shared machine is mostly waiting for a CPU). Table
-on stdout, numbers in bench/results/dashboard.json. Target: overall p99 <= 150 ms, no errors.
+transport), ingestion latency, stream delivery delay, CPU time of the server and of the
+readers, and the machine's load average (on a shared machine latency is mostly waiting for a
+CPU). Table on stdout, numbers in bench/results/dashboard.json. Target: overall p99 <= 150 ms,
+no errors.
 
-    python -m bench.dashboard [--readers 100] [--duration 30] [--rate 20] [--think 0.5]
+    python -m bench.dashboard [--readers 100] [--procs 4] [--duration 30] [--rate 20]
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import statistics
 import tempfile
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -35,6 +40,7 @@ import psutil
 from tests.dashboard_support import DashboardProcess, tiny_config
 
 RESULTS = Path(__file__).with_name("results") / "dashboard.json"
+_round = None  # the producer's current round, shared with reader processes
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -48,58 +54,73 @@ def summary(latencies_s: list[float]) -> dict[str, float]:
             "p99_ms": percentile(ms, 99), "max_ms": max(ms), "mean_ms": statistics.fmean(ms)}
 
 
-async def produce(client: httpx.AsyncClient, attached: dict, clients: int, rate: float,
-                  stop: asyncio.Event, ingest: list[float], errors: list[str],
-                  current_round: list[int]) -> None:
-    """Events at a steady rate: each round's client results, then its global metrics."""
-    run_id, url = attached["run"]["id"], attached["report_url"]
+def client_events(run_id: str, r: int, clients: int) -> list[dict]:
+    """One round as a ServerApp reports it: every client's result, then the global metrics."""
+    events = [{"run_id": run_id, "client": {
+        "round": r, "node_id": 10_000 + p, "partition_id": p, "device": "rpi5",
+        "status": "oom" if p % 7 == 0 else "ok", "num_examples": 128, "train_loss": 1.0 / r,
+        "accuracy": 0.5 + 0.4 * (1 - 1 / r), "activation_bytes": 2_000_000 + p,
+        "compressed_bytes": 300_000 + p, "peak_bytes": 6_000_000 + 1000 * p,
+        "total_bytes": 7_000_000 + p, "budget_bytes": 64 * 2**20, "method": "hosvd",
+        "last_k": 4, "eps": 0.8, "ranks": [[4, 8, 3, 3]] * 4, "batch_size": 32,
+        "wall_s": 1.5, "sim_time_s": 3.2,
+    }} for p in range(clients)]
+    return [*events, {"run_id": run_id, "round": {
+        "round": r, "accuracy": 0.5 + 0.4 * (1 - 1 / r), "loss": 1.0 / r, "num_ok": clients}}]
+
+
+async def produce(client: httpx.AsyncClient, attached: dict, args: argparse.Namespace,
+                  until: float, ingest: list[float], errors: list[str]) -> None:
+    """Events at a steady rate until ``until`` (wall clock)."""
     headers = {"Authorization": f"Bearer {attached['report_token']}"}
     start, sent, r = time.perf_counter(), 0, 1
-    while not stop.is_set():
-        events = [{"run_id": run_id, "client": {
-            "round": r, "node_id": 10_000 + p, "partition_id": p, "device": "rpi5",
-            "status": "oom" if p % 7 == 0 else "ok", "num_examples": 128,
-            "train_loss": 1.0 / r, "accuracy": 0.5 + 0.4 * (1 - 1 / r),
-            "activation_bytes": 2_000_000 + p, "compressed_bytes": 300_000 + p,
-            "peak_bytes": 6_000_000 + 1000 * p, "total_bytes": 7_000_000 + p,
-            "budget_bytes": 64 * 2**20, "method": "hosvd", "last_k": 4, "eps": 0.8,
-            "ranks": [[4, 8, 3, 3]] * 4, "batch_size": 32, "wall_s": 1.5, "sim_time_s": 3.2,
-        }} for p in range(clients)]
-        events.append({"run_id": run_id, "round": {"round": r, "accuracy": 0.5 + 0.4 * (1 - 1 / r),
-                                                   "loss": 1.0 / r, "num_ok": clients}})
-        for event in events:
-            await asyncio.sleep(max(0.0, start + sent / rate - time.perf_counter()))
-            if stop.is_set():
+    while time.time() < until:
+        for event in client_events(attached["run"]["id"], r, args.clients):
+            await asyncio.sleep(max(0.0, start + sent / args.rate - time.perf_counter()))
+            if time.time() >= until:
                 return
             t = time.perf_counter()
             try:
-                response = await client.post(url, json={**event, "ts": time.time()},
-                                             headers=headers)
+                response = await client.post(attached["report_url"], headers=headers,
+                                             json={**event, "ts": time.time()})
                 if response.status_code != 201:
                     errors.append(f"ingest {response.status_code}")
             except httpx.HTTPError as error:
                 errors.append(f"ingest {type(error).__name__}")
             ingest.append(time.perf_counter() - t)
             sent += 1
-        current_round[0] = r
+        _round.value = r
         r += 1
 
 
-async def read(client: httpx.AsyncClient, base: str, run_id: str, think: float,
-               stop: asyncio.Event, latencies: dict[str, list[float]], errors: list[str],
-               current_round: list[int]) -> None:
+async def listen(client: httpx.AsyncClient, base: str, run: dict, until: float,
+                 delays: list[float], errors: list[str]) -> None:
+    """Hold the live stream open; delay = arrival time - the producer's timestamp."""
+    try:
+        async with client.stream("GET", f"{base}/api/runs/{run['id']}/stream",
+                                 params={"after": run["last_event_id"]}) as response:
+            async for line in response.aiter_lines():
+                if time.time() >= until:
+                    return
+                if line.startswith("data: ") and '"client"' in line:
+                    delays.append(time.time() - json.loads(line[6:])["ts"])
+    except httpx.HTTPError as error:
+        errors.append(f"stream {type(error).__name__}")
+
+
+async def read(client: httpx.AsyncClient, base: str, run_id: str, think: float, start: float,
+               until: float, latencies: dict[str, list[float]], errors: list[str]) -> None:
     """One person with the run page open: page loads and API reads in a loop."""
     kinds = {
         "page": lambda: f"/runs/{run_id}", "script": lambda: "/static/run.js",
         "snapshot": lambda: f"/api/runs/{run_id}", "rounds": lambda: f"/api/runs/{run_id}/rounds",
-        "clients": lambda: f"/api/runs/{run_id}/clients?round={current_round[0]}",
+        "clients": lambda: f"/api/runs/{run_id}/clients?round={_round.value}",
         "runs": lambda: "/api/runs", "compare": lambda: f"/api/compare?run={run_id}",
     }
-    order = list(kinds)
-    random.shuffle(order)
-    await asyncio.sleep(random.uniform(0, think))
+    order = random.sample(list(kinds), len(kinds))
+    await asyncio.sleep(max(0.0, start - time.time()) + random.uniform(0, think))
     i = 0
-    while not stop.is_set():
+    while time.time() < until:
         kind = order[i % len(order)]
         t = time.perf_counter()
         try:
@@ -113,66 +134,86 @@ async def read(client: httpx.AsyncClient, base: str, run_id: str, think: float,
         await asyncio.sleep(think * random.uniform(0.5, 1.5))
 
 
-async def listen(client: httpx.AsyncClient, base: str, run: dict, stop: asyncio.Event,
-                 delays: list[float], errors: list[str]) -> None:
-    """Hold the live stream open; delay = arrival time - the producer's timestamp."""
-    try:
-        async with client.stream("GET", f"{base}/api/runs/{run['id']}/stream",
-                                 params={"after": run["last_event_id"]}) as response:
-            async for line in response.aiter_lines():
-                if stop.is_set():
-                    return
-                if line.startswith("data: ") and '"client"' in line:
-                    delays.append(time.time() - json.loads(line[6:])["ts"])
-    except httpx.HTTPError as error:
-        if not stop.is_set():
-            errors.append(f"stream {type(error).__name__}")
+def _share(value) -> None:
+    global _round
+    _round = value
 
 
-async def bench(base: str, server: psutil.Process, args: argparse.Namespace) -> dict:
-    limits = httpx.Limits(max_connections=args.readers + args.streams + 10)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        config = tiny_config(name="bench", fleet=[{"device": "rpi5", "count": args.clients}],
-                             rounds=500)
-        experiment = (await client.post(f"{base}/api/experiments", json=config)).json()
-        attached = (await client.post(f"{base}/api/experiments/{experiment['id']}/attach")).json()
-        run_id = attached["run"]["id"]
-        stop = asyncio.Event()
-        latencies: dict[str, list[float]] = defaultdict(list)
-        ingest: list[float] = []
-        delays: list[float] = []
-        errors: list[str] = []
-        current_round = [1]
-        tasks = [asyncio.create_task(produce(client, attached, args.clients, args.rate, stop,
-                                             ingest, errors, current_round))]
-        tasks += [asyncio.create_task(listen(client, base, attached["run"], stop, delays, errors))
-                  for _ in range(args.streams)]
-        tasks += [asyncio.create_task(read(client, base, run_id, args.think, stop, latencies,
-                                           errors, current_round))
-                  for _ in range(args.readers)]
+def reader_process(base: str, run_id: str, readers: int, think: float, start: float,
+                   until: float) -> tuple[dict[str, list[float]], list[str], float]:
+    """``readers`` reader tasks in this process; their latencies, errors and CPU seconds."""
+    latencies: dict[str, list[float]] = defaultdict(list)
+    errors: list[str] = []
+
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=readers + 1)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            await asyncio.gather(*(read(client, base, run_id, think, start, until, latencies,
+                                        errors) for _ in range(readers)))
+
+    cpu = time.process_time()
+    asyncio.run(main())
+    return dict(latencies), errors, time.process_time() - cpu
+
+
+async def produce_and_listen(base: str, attached: dict, args: argparse.Namespace, start: float,
+                             until: float, server: psutil.Process) -> dict:
+    ingest: list[float] = []
+    delays: list[float] = []
+    errors: list[str] = []
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=args.streams + 5),
+                                 timeout=30) as client:
+        await asyncio.sleep(max(0.0, start - time.time()))
         cpu0, load0 = server.cpu_times(), os.getloadavg()
-        await asyncio.sleep(args.duration)
+        await asyncio.gather(produce(client, attached, args, until, ingest, errors),
+                             *(listen(client, base, attached["run"], until, delays, errors)
+                               for _ in range(args.streams)))
         cpu1, load1 = server.cpu_times(), os.getloadavg()
-        stop.set()
-        await asyncio.wait(tasks, timeout=30)
-        for task in tasks:
-            task.cancel()
-        stored = (await client.get(f"{base}/api/runs/{run_id}")).json()
+        stored = (await client.get(f"{base}/api/runs/{attached['run']['id']}")).json()
+    return {"ingest": ingest, "delays": delays, "errors": errors, "stored": stored,
+            "server_cpu_s": (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+            "load": (load0[0], load1[0])}
+
+
+def bench(base: str, server: psutil.Process, args: argparse.Namespace) -> dict:
+    config = tiny_config(name="bench", fleet=[{"device": "rpi5", "count": args.clients}],
+                         rounds=500)
+    experiment = httpx.post(f"{base}/api/experiments", json=config).json()
+    attached = httpx.post(f"{base}/api/experiments/{experiment['id']}/attach").json()
+    shared = multiprocessing.get_context("spawn").Value("i", 1)
+    _share(shared)
+    start = time.time() + 5.0  # reader processes need a moment to import
+    until = start + args.duration
+    per_proc = [len(range(i, args.readers, args.procs)) for i in range(args.procs)]
+    with ProcessPoolExecutor(args.procs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_share, initargs=(shared,)) as pool:
+        futures = [pool.submit(reader_process, base, attached["run"]["id"], n, args.think,
+                               start, until) for n in per_proc]
+        main = asyncio.run(produce_and_listen(base, attached, args, start, until, server))
+        parts = [future.result() for future in futures]
+    latencies: dict[str, list[float]] = defaultdict(list)
+    errors = list(main["errors"])
+    for part, part_errors, _ in parts:
+        for kind, values in part.items():
+            latencies[kind].extend(values)
+        errors.extend(part_errors)
     every = [x for values in latencies.values() for x in values]
-    server_cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    requests = len(every) + len(main["ingest"])
     return {
-        "readers": args.readers, "streams": args.streams, "duration_s": args.duration,
-        "event_rate_per_s": args.rate, "think_s": args.think, "clients": args.clients,
-        "requests": len(every), "requests_per_s": len(every) / args.duration,
-        "errors": len(errors), "error_kinds": sorted(set(errors)),
-        "overall": summary(every),
+        "readers": args.readers, "reader_processes": args.procs, "streams": args.streams,
+        "duration_s": args.duration, "event_rate_per_s": args.rate, "think_s": args.think,
+        "clients": args.clients, "requests": len(every),
+        "requests_per_s": len(every) / args.duration, "errors": len(errors),
+        "error_kinds": sorted(set(errors)), "overall": summary(every),
         "by_kind": {kind: summary(values) for kind, values in sorted(latencies.items())},
-        "ingest": summary(ingest), "events_sent": len(ingest),
-        "events_stored": stored["run"]["last_event_id"] - 1,
-        "stream_delay": summary(delays),
-        "server_cpu_s": server_cpu_s,
-        "server_cpu_ms_per_request": 1000 * server_cpu_s / max(1, len(every) + len(ingest)),
-        "load_average": {"start": load0[0], "end": load1[0]}, "cpus": os.cpu_count(),
+        "ingest": summary(main["ingest"]), "events_sent": len(main["ingest"]),
+        "events_stored": main["stored"]["run"]["last_event_id"] - 1,
+        "stream_delay": summary(main["delays"]),
+        "server_cpu_s": main["server_cpu_s"],
+        "server_cpu_ms_per_request": 1000 * main["server_cpu_s"] / max(1, requests),
+        "readers_cpu_s": sum(cpu for _, _, cpu in parts),
+        "load_average": {"start": main["load"][0], "end": main["load"][1]},
+        "cpus": os.cpu_count(),
     }
 
 
@@ -184,19 +225,22 @@ def table(result: dict) -> str:
     for name, s in rows:
         lines.append(f"{name:<10}{s['n']:>7}{s['p50_ms']:>9.1f}{s['p90_ms']:>9.1f}"
                      f"{s['p99_ms']:>9.1f}{s['max_ms']:>9.1f}")
-    lines.append(f"{result['readers']} readers, {result['requests_per_s']:.0f} req/s, "
-                 f"{result['events_sent']} events at {result['event_rate_per_s']:g}/s "
-                 f"({result['events_stored']} stored), errors: {result['errors']} "
-                 f"{result['error_kinds'][:5]}")
-    lines.append(f"server CPU {result['server_cpu_ms_per_request']:.2f} ms per request; "
-                 f"load average {result['load_average']['start']:.1f} -> "
-                 f"{result['load_average']['end']:.1f} on {result['cpus']} CPUs")
+    lines.append(f"{result['readers']} readers in {result['reader_processes']} processes, "
+                 f"{result['requests_per_s']:.0f} req/s; {result['events_sent']} events at "
+                 f"{result['event_rate_per_s']:g}/s ({result['events_stored']} stored); "
+                 f"errors: {result['errors']} {result['error_kinds'][:5]}")
+    lines.append(f"server CPU {result['server_cpu_s']:.1f} s "
+                 f"({result['server_cpu_ms_per_request']:.2f} ms per request), readers' CPU "
+                 f"{result['readers_cpu_s']:.1f} s; load average "
+                 f"{result['load_average']['start']:.1f} -> {result['load_average']['end']:.1f}"
+                 f" on {result['cpus']} CPUs")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readers", type=int, default=100)
+    parser.add_argument("--procs", type=int, default=4, help="reader processes")
     parser.add_argument("--streams", type=int, default=10)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--rate", type=float, default=20.0, help="events per second")
@@ -205,7 +249,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, \
             DashboardProcess(Path(tmp), "--max-runs", "0") as server:
-        result = asyncio.run(bench(server.url, psutil.Process(server.proc.pid), args))
+        result = bench(server.url, psutil.Process(server.proc.pid), args)
     result["target"] = {"p99_ms": 150, "errors": 0}
     result["meets_target"] = result["overall"]["p99_ms"] <= 150 and result["errors"] == 0
     print(table(result))

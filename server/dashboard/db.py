@@ -9,7 +9,7 @@ writer's lock; ``busy_timeout`` covers writers in other processes.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,13 +56,16 @@ class Database:
             yield session
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, committed: Callable[[], None] | None = None) -> Iterator[Session]:
         """A transaction committed on exit (rolled back on error): durable once this returns.
-        :attr:`version` moves on after the commit, still under the lock."""
+        After the commit, still under the lock, :attr:`version` moves on and ``committed()``
+        runs (so what it announces is announced in commit order)."""
         with self._write_lock:
             with self._sessions() as session, session.begin():
                 yield session
             self.version += 1
+            if committed is not None:
+                committed()
 
     def close(self) -> None:
         self.engine.dispose()

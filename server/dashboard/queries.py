@@ -8,15 +8,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from common.config import ExperimentConfig
+from common.events import ClientResult, RoundResult
 from server.dashboard.models import ClientRow, Experiment, RoundRow, Run
-from server.dashboard.schemas import (
-    ExperimentOut,
-    MemoryMetric,
-    RunDetail,
-    RunOut,
-    RunSummary,
-)
-from server.dashboard.store import NotFound, row_to_client, row_to_round
+from server.dashboard.schemas import ExperimentOut, MemoryMetric, RunOut, RunSummary
+from server.dashboard.store import NotFound
 
 
 def config_of(experiment: Experiment) -> ExperimentConfig:
@@ -52,28 +47,41 @@ def list_runs(session: Session, limit: int, offset: int, status: str | None = No
     return list(session.scalars(query.limit(limit).offset(offset)))
 
 
-def rounds_of(session: Session, run_id: str) -> list[RoundRow]:
-    query = select(RoundRow).where(RoundRow.run_id == run_id).order_by(RoundRow.round)
-    return list(session.scalars(query))
+CLIENT_FIELDS = tuple(ClientResult.model_fields)
+ROUND_FIELDS = tuple(RoundResult.model_fields)
 
 
-def clients_of(session: Session, run_id: str, round: int | None = None,
-               phase: str | None = None) -> list[ClientRow]:
-    query = select(ClientRow).where(ClientRow.run_id == run_id)
-    if round is not None:
-        query = query.where(ClientRow.round == round)
-    if phase is not None:
-        query = query.where(ClientRow.phase == phase)
-    return list(session.scalars(query.order_by(ClientRow.round, ClientRow.partition_id)))
+def round_rows(session: Session, run_id: str | None = None, *, with_run_id: bool = False
+               ) -> list[dict]:
+    """Rounds as plain dicts (``RoundResult`` fields), by run then round; validated on the way
+    in, so read without building models (this is what the run page's readers wait for)."""
+    table = RoundRow.__table__
+    query = select(table.c.run_id, *(table.c[f] for f in ROUND_FIELDS))
+    if run_id is not None:
+        query = query.where(table.c.run_id == run_id)
+    rows = session.execute(query.order_by(table.c.run_id, table.c.round)).mappings()
+    return [dict(row) if with_run_id else {f: row[f] for f in ROUND_FIELDS} for row in rows]
 
 
-def run_detail(session: Session, run_id: str) -> RunDetail:
+def client_rows(session: Session, run_id: str | None = None, round: int | None = None,
+                phase: str | None = None, *, with_run_id: bool = False) -> list[dict]:
+    """Per-client results as plain dicts (``ClientResult`` fields), by run, round, client."""
+    table = ClientRow.__table__
+    query = select(table.c.run_id, *(table.c[f] for f in CLIENT_FIELDS))
+    for column, value in (("run_id", run_id), ("round", round), ("phase", phase)):
+        if value is not None:
+            query = query.where(table.c[column] == value)
+    query = query.order_by(table.c.run_id, table.c.round, table.c.phase, table.c.partition_id)
+    fields = ("run_id", *CLIENT_FIELDS) if with_run_id else CLIENT_FIELDS
+    return [{**{f: row[f] for f in fields}, "node_id": int(row["node_id"])}
+            for row in session.execute(query).mappings()]
+
+
+def run_detail(session: Session, run_id: str) -> dict:
+    """A run as ``RunDetail`` (run, config, rounds, clients), in plain JSON-ready values."""
     run = get_run(session, run_id)
-    return RunDetail(
-        run=RunOut.model_validate(run), config=config_of(run.experiment),
-        rounds=[row_to_round(row) for row in rounds_of(session, run_id)],
-        clients=[row_to_client(row) for row in clients_of(session, run_id)],
-    )
+    return {"run": RunOut.model_validate(run), "config": config_of(run.experiment),
+            "rounds": round_rows(session, run_id), "clients": client_rows(session, run_id)}
 
 
 def _mean(values: list) -> float | None:
@@ -83,21 +91,21 @@ def _mean(values: list) -> float | None:
 
 def summarize(session: Session, run: Run, memory: MemoryMetric) -> RunSummary:
     config = config_of(run.experiment)
-    rounds = rounds_of(session, run.id)
-    clients = clients_of(session, run.id, phase="train")
-    ok = [c for c in clients if c.status == "ok"]
-    counts = {status: sum(c.status == status for c in clients)
+    rounds = round_rows(session, run.id)
+    clients = client_rows(session, run.id, phase="train")
+    ok = [c for c in clients if c["status"] == "ok"]
+    counts = {status: sum(c["status"] == status for c in clients)
               for status in ("ok", "oom", "dropped", "error")}
-    means = {f"{m}_bytes_mean": _mean([getattr(c, f"{m}_bytes") for c in ok])
+    means = {f"{m}_bytes_mean": _mean([c[f"{m}_bytes"] for c in ok])
              for m in ("peak", "activation", "compressed", "total")}
-    peaks = [c.peak_bytes for c in ok if c.peak_bytes is not None]
+    peaks = [c["peak_bytes"] for c in ok if c["peak_bytes"] is not None]
     return RunSummary(
         run_id=run.id, experiment_id=run.experiment_id, experiment_name=run.experiment.name,
         status=run.status, method=config.compression.method, policy=config.policy,
-        rounds_done=max((r.round for r in rounds), default=0),
-        initial_accuracy=next((r.accuracy for r in rounds if r.round == 0), None),
-        final_accuracy=rounds[-1].accuracy if rounds else None,
-        best_accuracy=max((r.accuracy for r in rounds), default=None),
+        rounds_done=max((r["round"] for r in rounds), default=0),
+        initial_accuracy=next((r["accuracy"] for r in rounds if r["round"] == 0), None),
+        final_accuracy=rounds[-1]["accuracy"] if rounds else None,
+        best_accuracy=max((r["accuracy"] for r in rounds), default=None),
         peak_bytes_max=max(peaks, default=None), **means,
         num_ok=counts["ok"], num_oom=counts["oom"], num_dropped=counts["dropped"],
         num_error=counts["error"], memory_bytes=means[f"{memory}_bytes_mean"], pareto=False,

@@ -30,7 +30,7 @@ def serve(host: str | None = None, port: int | None = None, db_url: str | None =
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
     app = create_app(settings, launches=[read_launch_file(path) for path in launch])
     uvicorn.run(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=5,
-                log_level="info", access_log=access_log)
+                timeout_keep_alive=30, log_level="info", access_log=access_log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

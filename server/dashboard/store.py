@@ -11,14 +11,16 @@ import hashlib
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from common.config import Engine, ExperimentConfig
-from common.events import ClientResult, Event, RoundResult, RunState, RunStatus
-from server.dashboard.broker import Broker
+from common.events import ClientResult, Event, RunState, RunStatus
+from server.dashboard.broker import Broker, FeedEvent
 from server.dashboard.db import Database
 from server.dashboard.models import ACTIVE, ClientRow, EventRow, Experiment, RoundRow, Run
 
@@ -43,38 +45,33 @@ def client_row_values(result: ClientResult) -> dict:
     return {**result.model_dump(), "node_id": str(result.node_id)}
 
 
-def row_to_client(row: ClientRow) -> ClientResult:
-    values = {name: getattr(row, name) for name in ClientResult.model_fields}
-    return ClientResult.model_validate({**values, "node_id": int(row.node_id)})
-
-
-def row_to_round(row: RoundRow) -> RoundResult:
-    return RoundResult.model_validate(row, from_attributes=True)
-
-
 class RunLog:
-    """Writes go through :class:`Database.write`; :class:`Broker` is told after each commit."""
+    """Writes go through :class:`Database.write`; the :class:`Broker` gets the logged events
+    after each commit."""
 
     def __init__(self, db: Database, broker: Broker) -> None:
         self.db = db
         self.broker = broker
 
-    def _changed(self) -> None:
-        self.broker.publish()
+    @contextmanager
+    def _write(self) -> Iterator[tuple[Session, list[FeedEvent]]]:
+        """A write transaction; the events it logs go to the live feed once committed."""
+        logged: list[FeedEvent] = []
+        with self.db.write(committed=lambda: self.broker.publish(logged)) as session:
+            yield session, logged
 
     def create_experiment(self, config: ExperimentConfig) -> int:
-        with self.db.write() as session:
+        with self._write() as (session, logged):
             experiment = Experiment(
                 name=config.name, config_json=config.model_dump_json(), created_at=time.time()
             )
             session.add(experiment)
             session.flush()
-        self._changed()
         return experiment.id
 
     def delete_experiment(self, experiment_id: int) -> list[str]:
         """Delete an experiment and its runs' data; returns the deleted run ids."""
-        with self.db.write() as session:
+        with self._write() as (session, logged):
             experiment = session.get(Experiment, experiment_id)
             if experiment is None:
                 raise NotFound(f"experiment {experiment_id} not found")
@@ -83,13 +80,12 @@ class RunLog:
                 raise Conflict(f"experiment {experiment_id} has active runs: {', '.join(active)}")
             run_ids = [run.id for run in experiment.runs]
             session.delete(experiment)
-        self._changed()
         return run_ids
 
     def create_run(self, experiment_id: int, engine: Engine, external: bool) -> tuple[str, str]:
         """A queued run and its ingestion token (only the token's hash is stored)."""
         token = secrets.token_urlsafe(32)
-        with self.db.write() as session:
+        with self._write() as (session, logged):
             if session.get(Experiment, experiment_id) is None:
                 raise NotFound(f"experiment {experiment_id} not found")
             run = Run(
@@ -99,8 +95,8 @@ class RunLog:
             )
             session.add(run)
             session.flush()
-            self._log(session, run.id, Event(run_id=run.id, state=RunState(status="queued")), {})
-        self._changed()
+            queued = Event(run_id=run.id, state=RunState(status="queued"))
+            self._log(session, logged, queued, {}, "queued")
         return run.id, token
 
     def ingest(self, run_id: str, event: Event) -> int:
@@ -108,7 +104,7 @@ class RunLog:
 
         Core statements, not ORM objects: this is the hot path (every client of every round).
         """
-        with self.db.write() as session:
+        with self._write() as (session, logged):
             status, started_at = self._state(session, run_id)
             if event.client is not None:
                 self._upsert(session, ClientRow, run_id, client_key(event.client),
@@ -120,37 +116,36 @@ class RunLog:
             moved = None
             if event.state is not None or status == "queued":
                 moved = transition(status, started_at, state.status, state.message)
-            event_id = self._log(session, run_id, event, moved or {})
-        self._changed()
+            event_id = self._log(session, logged, event, moved or {},
+                                 (moved or {}).get("status", status))
         return event_id
 
     def set_state(self, run_id: str, status: RunStatus, message: str = "", *,
                   pid: int | None = None, exit_code: int | None = None) -> bool:
         """A state change decided here (runner, restart); False if the run had already ended
         (``pid`` and ``exit_code`` are recorded either way)."""
-        with self.db.write() as session:
+        with self._write() as (session, logged):
             now, started_at = self._state(session, run_id)
             values = {k: v for k, v in (("pid", pid), ("exit_code", exit_code)) if v is not None}
             moved = transition(now, started_at, status, message)
             if moved is not None:
                 state = RunState(status=status, message=message[-4000:])
-                self._log(session, run_id, Event(run_id=run_id, state=state), {**values, **moved})
+                self._log(session, logged, Event(run_id=run_id, state=state),
+                          {**values, **moved}, status)
             elif values:
                 session.execute(update(Run).where(Run.id == run_id).values(**values))
-        self._changed()
         return moved is not None
 
     def interrupt_active(self, message: str) -> list[tuple[str, int | None]]:
         """Mark every active run as interrupted; returns their (id, pid)."""
-        with self.db.write() as session:
+        with self._write() as (session, logged):
             query = select(Run.id, Run.pid, Run.status, Run.started_at).where(
                 Run.status.in_(ACTIVE))
             lost = session.execute(query).all()
             for run_id, _, status, started_at in lost:
                 state = RunState(status="interrupted", message=message)
-                self._log(session, run_id, Event(run_id=run_id, state=state),
-                          transition(status, started_at, "interrupted", message))
-        self._changed()
+                self._log(session, logged, Event(run_id=run_id, state=state),
+                          transition(status, started_at, "interrupted", message), "interrupted")
         return [(run_id, pid) for run_id, pid, _, _ in lost]
 
     @staticmethod
@@ -170,13 +165,18 @@ class RunLog:
             connection.execute(insert_row, params)
 
     @staticmethod
-    def _log(session: Session, run_id: str, event: Event, run_values: dict) -> int:
-        """Append ``event`` to the log; the run row gets its id and ``run_values``."""
+    def _log(session: Session, logged: list[FeedEvent], event: Event, run_values: dict,
+             status: str) -> int:
+        """Append ``event`` to the log (and to ``logged``); the run row gets its id and
+        ``run_values``; ``status`` is the run's status afterwards."""
+        run_id = event.run_id
         kind = "client" if event.client else "round" if event.round else "state"
+        payload = event.model_dump_json()
         connection = session.connection()
         result = connection.execute(_LOG, {"v_run_id": run_id, "v_kind": kind,
-                                           "v_payload": event.model_dump_json()})
+                                           "v_payload": payload})
         event_id = result.inserted_primary_key[0]
+        logged.append(FeedEvent(run_id, event_id, kind, payload, status))
         values = {"last_event_id": event_id, **run_values}
         connection.execute(_run_update(tuple(values)), {"k_id": run_id, **_params("v_", values)})
         return event_id

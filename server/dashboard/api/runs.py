@@ -16,9 +16,9 @@ from server.dashboard.deps import (
     ServicesDep,
     require_run_token,
 )
-from server.dashboard.queries import clients_of, get_run, list_runs, rounds_of, run_detail
+from server.dashboard.queries import client_rows, get_run, list_runs, round_rows, run_detail
 from server.dashboard.schemas import Accepted, RunDetail, RunOut
-from server.dashboard.store import Conflict, row_to_client, row_to_round
+from server.dashboard.store import Conflict
 from server.dashboard.validation import invalid, storable_errors
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses=PROBLEMS)
@@ -42,7 +42,7 @@ async def read_runs(
 async def read_run(run_id: RunId, request: Request, services: ServicesDep) -> Response:
     """Status, config, per-round global metrics and every per-client row (ETag: data version)."""
 
-    def build() -> RunDetail:
+    def build() -> dict:
         with services.db.read() as session:
             return run_detail(session, run_id)
 
@@ -51,10 +51,10 @@ async def read_run(run_id: RunId, request: Request, services: ServicesDep) -> Re
 
 @router.get("/{run_id}/rounds", response_model=list[RoundResult])
 async def read_rounds(run_id: RunId, request: Request, services: ServicesDep) -> Response:
-    def build() -> list[RoundResult]:
+    def build() -> list[dict]:
         with services.db.read() as session:
             get_run(session, run_id)
-            return [row_to_round(row) for row in rounds_of(session, run_id)]
+            return round_rows(session, run_id)
 
     return await cached_json(request, build)
 
@@ -64,10 +64,10 @@ async def read_clients(
     run_id: RunId, request: Request, services: ServicesDep, round: Round = None,
     phase: Literal["train", "evaluate"] | None = None,
 ) -> Response:
-    def build() -> list[ClientResult]:
+    def build() -> list[dict]:
         with services.db.read() as session:
             get_run(session, run_id)
-            return [row_to_client(row) for row in clients_of(session, run_id, round, phase)]
+            return client_rows(session, run_id, round, phase)
 
     return await cached_json(request, build)
 

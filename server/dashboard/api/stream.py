@@ -1,4 +1,5 @@
-"""Live event stream (Server-Sent Events) of one run, replayed from the stored event log.
+"""Live event stream (Server-Sent Events) of one run: the broker's in-memory feed, or the stored
+event log for a reader further behind.
 
 Each message is ``id: <event id>``, ``event: client|round|state`` and ``data: <Event JSON>``; a
 reader resumes with ``?after=<id>`` or the ``Last-Event-ID`` header (EventSource does this on
@@ -39,7 +40,12 @@ def _read(db: Database, run_id: str, after: int) -> tuple[list[tuple[int, str, s
 async def _messages(services: Services, run_id: str, after: int) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     while not services.broker.closed:
-        rows, active = await run_in_threadpool(_read, services.db, run_id, after)
+        recent = services.broker.recent(run_id, after)
+        if recent is None:  # further back than the live feed: the stored log
+            rows, active = await run_in_threadpool(_read, services.db, run_id, after)
+        else:
+            events, active = recent
+            rows = [(e.id, e.kind, e.payload) for e in events[:BATCH]]
         for event_id, kind, payload in rows:
             yield f"id: {event_id}\nevent: {kind}\ndata: {payload}\n\n"
             after = event_id
