@@ -10,7 +10,8 @@ requests; ``--streams`` more hold the live event stream open and time each event
 The readers are spread over ``--procs`` processes so that the load generator, not the server,
 is never what waits for a CPU.
 
-Reported: request latency p50/p90/p99/max per request kind and overall, errors (non-2xx/304 or
+Reported: request latency p50/p90/p99/max per request kind and overall as the readers see it,
+the time spent inside the server (its ``Server-Timing`` header), errors (non-2xx/304 or
 transport), ingestion latency, stream delivery delay, CPU time of the server and of the
 readers, and the machine's load average (on a shared machine latency is mostly waiting for a
 CPU). Table on stdout, numbers in bench/results/dashboard.json. Target: overall p99 <= 150 ms,
@@ -108,6 +109,11 @@ async def listen(client: httpx.AsyncClient, base: str, run: dict, until: float,
         errors.append(f"stream {type(error).__name__}")
 
 
+def server_time(response: httpx.Response) -> float:
+    """Seconds the server says it spent (its ``Server-Timing: app;dur=MS`` header)."""
+    return float(response.headers["server-timing"].split("dur=")[1]) / 1000
+
+
 async def read(client: httpx.AsyncClient, base: str, run_id: str, think: float, start: float,
                until: float, latencies: dict[str, list[float]], errors: list[str]) -> None:
     """One person with the run page open: page loads and API reads in a loop."""
@@ -127,6 +133,7 @@ async def read(client: httpx.AsyncClient, base: str, run_id: str, think: float, 
             response = await client.get(base + kinds[kind]())
             if response.status_code not in (200, 304):
                 errors.append(f"{kind} {response.status_code}")
+            latencies[f"server:{kind}"].append(server_time(response))
         except httpx.HTTPError as error:
             errors.append(f"{kind} {type(error).__name__}")
         latencies[kind].append(time.perf_counter() - t)
@@ -197,6 +204,8 @@ def bench(base: str, server: psutil.Process, args: argparse.Namespace) -> dict:
         for kind, values in part.items():
             latencies[kind].extend(values)
         errors.extend(part_errors)
+    server = {k.split(":")[1]: v for k, v in latencies.items() if k.startswith("server:")}
+    latencies = {k: v for k, v in latencies.items() if not k.startswith("server:")}
     every = [x for values in latencies.values() for x in values]
     requests = len(every) + len(main["ingest"])
     return {
@@ -206,6 +215,8 @@ def bench(base: str, server: psutil.Process, args: argparse.Namespace) -> dict:
         "requests_per_s": len(every) / args.duration, "errors": len(errors),
         "error_kinds": sorted(set(errors)), "overall": summary(every),
         "by_kind": {kind: summary(values) for kind, values in sorted(latencies.items())},
+        "server_time": summary([x for values in server.values() for x in values]),
+        "server_time_by_kind": {k: summary(v) for k, v in sorted(server.items())},
         "ingest": summary(main["ingest"]), "events_sent": len(main["ingest"]),
         "events_stored": main["stored"]["run"]["last_event_id"] - 1,
         "stream_delay": summary(main["delays"]),
@@ -220,7 +231,8 @@ def bench(base: str, server: psutil.Process, args: argparse.Namespace) -> dict:
 def table(result: dict) -> str:
     head = f"{'request':<10}{'n':>7}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
     rows = [("all reads", result["overall"]), *result["by_kind"].items(),
-            ("ingest", result["ingest"]), ("stream", result["stream_delay"])]
+            ("ingest", result["ingest"]), ("stream", result["stream_delay"]),
+            ("in server", result["server_time"])]
     lines = [head, "-" * len(head)]
     for name, s in rows:
         lines.append(f"{name:<10}{s['n']:>7}{s['p50_ms']:>9.1f}{s['p90_ms']:>9.1f}"

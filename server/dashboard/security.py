@@ -1,4 +1,5 @@
-"""Checks every request passes before it reaches a route.
+"""Checks every request passes before it reaches a route (and a ``Server-Timing`` header on
+every answer: the time spent in this server, for browsers' developer tools and the benchmark).
 
 - Size: a body must declare its length (no chunked uploads) and stay under ``MAX_BODY`` bytes,
   so no request can make the server buffer more than that.
@@ -11,10 +12,11 @@
 
 from __future__ import annotations
 
+import time
 from urllib.parse import urlsplit
 
 from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.dashboard.settings import is_loopback
 
@@ -33,13 +35,24 @@ class RequestGuard:
         self.extra_hosts = extra_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            refusal = self._refusal(scope)
-            if refusal:
-                status, reason = refusal
-                await PlainTextResponse(reason, status_code=status)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal:
+            status, reason = refusal
+            await PlainTextResponse(reason, status_code=status)(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                took = f"app;dur={1000 * (time.perf_counter() - start):.2f}".encode()
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"server-timing", took)]}
+            await send(message)
+
+        await self.app(scope, receive, timed)
 
     def _refusal(self, scope: Scope) -> tuple[int, str] | None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
