@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,6 +17,7 @@ from server.dashboard.settings import Settings
 from tests.dashboard_support import tiny_config
 
 BASE = "http://127.0.0.1"
+REMOTE = re.compile(r"""(src=|href=|from |import\(|url\()["']?(https?:)?//""")  # remote assets
 
 
 def make_client(tmp_path, **settings) -> TestClient:
@@ -321,5 +323,9 @@ def test_catalogue_schema_and_pages(client):
     for page in ("/", "/experiments/new", "/compare", "/runs/abc"):
         response = client.get(page)
         assert response.status_code == 200 and "<header>" in response.text
+        assert not REMOTE.search(response.text)
     for asset in ("api.js", "charts.js", "new.js", "run.js", "compare.js", "style.css"):
-        assert client.get(f"/static/{asset}").status_code == 200
+        response = client.get(f"/static/{asset}")
+        assert response.status_code == 200 and not REMOTE.search(response.text)
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/docs").status_code == 404  # FastAPI's would load scripts from a CDN

@@ -102,8 +102,8 @@ def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
         await run_in_threadpool(services.runner.stop)
         db.close()
 
-    app = FastAPI(
-        title="edgefed dashboard", lifespan=lifespan,
+    app = FastAPI(  # no /docs, /redoc: FastAPI serves their scripts from a CDN
+        title="edgefed dashboard", lifespan=lifespan, docs_url=None, redoc_url=None,
         description="Configure, launch, watch and compare federated fine-tuning experiments "
         "on memory-capped edge devices.",
     )
