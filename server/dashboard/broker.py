@@ -80,9 +80,15 @@ class Broker:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def wait(self, timeout: float) -> bool:
-        """Until the next publish (True) or ``timeout`` seconds (False)."""
-        changed = self._changed
+    @property
+    def changed(self) -> asyncio.Event:
+        """Set by the next publish: take it *before* reading, then :meth:`wait` on it, so a
+        publish between the read and the wait is not missed."""
+        return self._changed
+
+    @staticmethod
+    async def wait(changed: asyncio.Event, timeout: float) -> bool:
+        """Until ``changed`` is set (True) or ``timeout`` seconds (False)."""
         try:
             await asyncio.wait_for(changed.wait(), timeout)
         except TimeoutError:

@@ -40,6 +40,7 @@ def _read(db: Database, run_id: str, after: int) -> tuple[list[tuple[int, str, s
 async def _messages(services: Services, run_id: str, after: int) -> AsyncIterator[str]:
     yield "retry: 2000\n\n"
     while not services.broker.closed:
+        changed = services.broker.changed
         recent = services.broker.recent(run_id, after)
         if recent is None:  # further back than the live feed: the stored log
             rows, active = await run_in_threadpool(_read, services.db, run_id, after)
@@ -54,7 +55,7 @@ async def _messages(services: Services, run_id: str, after: int) -> AsyncIterato
         if not active:
             yield "event: end\ndata: {}\n\n"
             return
-        if not await services.broker.wait(PING_S):
+        if not await services.broker.wait(changed, PING_S):
             yield ": ping\n\n"
 
 
