@@ -25,7 +25,7 @@ from common.compression import (
 from common.compression.conv import ConvGeometry, tucker_conv_weight_grad
 from common.compression.lean import pack_bits, unpack_bits
 from common.compression.linear import tucker_linear_weight_grad
-from common.compression.rank import eps_ranks
+from common.compression.rank import eps_ranks, widen_free_modes
 
 DTYPE = torch.float64
 # (in_channels, out_channels, groups): standard, depthwise, depthwise x2 multiplier, grouped
@@ -120,13 +120,15 @@ def random_tucker(shape, ranks, identity=()) -> Tucker:
 @pytest.mark.parametrize("stride,padding,dilation", GEOMETRIES)
 @pytest.mark.parametrize("kind", CONV_KINDS)
 def test_conv_weight_grad_from_factors(kind, stride, padding, dilation):
-    """dW from the factors = dW of the reconstructed X, for channel ranks below and above
-    the group width (both contraction orders) and identity factors."""
+    """dW from the factors = dW of the reconstructed X: channel ranks below and above the
+    group width (both contraction orders), full-rank square factors, identity factors."""
     torch.manual_seed(0)
     conv = make_conv(kind, stride, padding, dilation)
     g = ConvGeometry(conv.stride, conv.padding, conv.dilation, conv.groups)
-    for k1, identity in product((1, conv.in_channels - 1), ((), (0, 2), (1,))):
-        t = random_tucker((4, conv.in_channels, 9, 8), (2, k1, 5, 6), identity)
+    shape = (4, conv.in_channels, 9, 8)
+    truncated = [(2, k1, 5, 6) for k1 in (1, conv.in_channels - 1)]
+    for ranks, identity in product([*truncated, shape], ((), (0, 2), (1,))):
+        t = random_tucker(shape, ranks, identity)
         x = t.to_tensor()
         dy = torch.randn(conv(x).shape, dtype=DTYPE)
         want = conv2d_weight(x, conv.weight.shape, dy, conv.stride, conv.padding,
@@ -178,6 +180,12 @@ def test_truncated_linear_equals_reconstruction(shape, method):
     assert seen[-1].ranks != list(shape)
     _, want, _ = grads(reference, reference, seen[-1].to_tensor())
     assert rel(dw, want) < 1e-4
+
+
+def test_free_modes_are_kept_whole():
+    """A factor that costs more than it saves is dropped (identity): fewer bytes, exact."""
+    assert widen_free_modes((64, 480, 2, 2), (1, 1, 1, 1)) == (1, 1, 2, 2)
+    assert widen_free_modes((64, 32, 16, 16), (3, 3, 3, 2)) == (3, 3, 3, 2)
 
 
 def test_hosvd_matches_full_svd_reference():

@@ -12,7 +12,14 @@ from torch import Tensor
 from .conv import ConvGeometry, GradFilterConv2d, TuckerConv2d
 from .decompose import RankChoice, Tucker, hosvd, subspace_iteration
 from .linear import GradFilterLinear, TuckerLinear
-from .rank import BudgetLedger, budget_ranks, clip_ranks, eps_ranks, rank_limits
+from .rank import (
+    BudgetLedger,
+    budget_ranks,
+    clip_ranks,
+    eps_ranks,
+    rank_limits,
+    widen_free_modes,
+)
 
 
 class Vanilla:
@@ -94,13 +101,15 @@ class TuckerMethod:
         return [n for n in modes if shape[n] > 1]
 
     def _rank_choice(self, x: Tensor) -> RankChoice:
+        """A user ``rank`` as given (clipped); budget and eps ranks with free modes widened."""
         if self.rank is not None:
             return lambda shape, _: clip_ranks(shape, self.rank, self.layer)
         if self.budget is not None:
             ledger, index = self.budget
             elements = max(ledger.share(index), 0) // x.element_size()
-            return lambda shape, ratios: budget_ranks(shape, ratios, elements, self.eps)
-        return lambda shape, ratios: eps_ranks(shape, ratios, self.eps)
+            return lambda shape, ratios: widen_free_modes(
+                shape, budget_ranks(shape, ratios, elements, self.eps))
+        return lambda shape, ratios: widen_free_modes(shape, eps_ranks(shape, ratios, self.eps))
 
     def compress(self, x: Tensor) -> Tucker:
         if self.fixed_ranks is None:

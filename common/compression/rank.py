@@ -36,6 +36,18 @@ def tucker_elements(shape: Sequence[int], ranks: Sequence[int]) -> int:
     return prod(ranks) + sum(size * k for size, k in zip(shape, ranks, strict=True) if k < size)
 
 
+def widen_free_modes(shape: Sequence[int], ranks: Sequence[int]) -> tuple[int, ...]:
+    """Keep a mode whole (K_n = I_n, no factor) wherever that stores no more elements: a
+    factor of a tiny mode (e.g. a 2x2 feature map) can cost more than it saves in the core.
+    Never more bytes, never less accurate. Smallest modes first, one pass."""
+    ranks = list(ranks)
+    for n in sorted(range(len(shape)), key=lambda m: shape[m]):
+        wider = [*ranks[:n], shape[n], *ranks[n + 1:]]
+        if ranks[n] < shape[n] and tucker_elements(shape, wider) <= tucker_elements(shape, ranks):
+            ranks = wider
+    return tuple(ranks)
+
+
 def eps_ranks(
     shape: Sequence[int], ratios: Sequence[Sequence[float] | None], eps: float
 ) -> tuple[int, ...]:
