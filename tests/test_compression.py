@@ -266,6 +266,20 @@ def test_saved_storages_are_the_reported_bytes(method):
         assert sum(storages.values()) == compressed_bytes(model) < x.numel() * 4
 
 
+def test_first_layer_keeps_no_weight_and_skips_dx():
+    """An input that needs no grad (the region's first layer): W is not saved, no dX."""
+    conv = nn.Conv2d(3, 4, 3)
+    model = wrap_last_layers(nn.Sequential(conv), "hosvd", 1)
+    saved: list[int] = []
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: saved.append(t.untyped_storage().data_ptr()) or t, lambda t: t
+    ):
+        y = model(torch.randn(2, 3, 6, 6))
+    assert saved and conv.weight.untyped_storage().data_ptr() not in saved
+    y.sum().backward()
+    assert conv.weight.grad is not None
+
+
 def test_rewrap_and_lean_region():
     model = wrap_last_layers(Net(), "hosvd", 2)
     lean = [type(m).__name__ for m in model.features]
@@ -277,13 +291,16 @@ def test_rewrap_and_lean_region():
                                                               "ReLU6"]
 
 
-def test_budget_caps_stored_bytes():
+@pytest.mark.parametrize("method", ["hosvd", "asi"])
+def test_budget_caps_stored_bytes(method):
     torch.manual_seed(0)
-    model = wrap_last_layers(Net(), "hosvd", 3, budget_bytes=4000)
-    model(torch.randn(16, 3, 8, 8)).sum().backward()
+    model = wrap_last_layers(Net(), method, 3, budget_bytes=4000)
     vanilla = wrap_last_layers(Net(), "vanilla", 3)
-    vanilla(torch.randn(16, 3, 8, 8)).sum().backward()
-    assert 2000 < compressed_bytes(model) <= 4000 < compressed_bytes(vanilla)
+    for _ in range(2):
+        x = torch.randn(16, 3, 8, 8)
+        model(x).sum().backward()
+        vanilla(x).sum().backward()
+        assert 2000 < compressed_bytes(model) <= 4000 < compressed_bytes(vanilla)
 
 
 # ---------------------------------------------------------------- lean layers
