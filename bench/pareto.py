@@ -3,7 +3,10 @@
 Centralized Setup B on the default experiment's model and data (``examples/quickstart.yaml``:
 MobileNetV2 width 0.5, Fashion-MNIST at 32 px): the checkpoint pretrained on the server half
 (``common.train.pretrain_setup_b``, cached) is fine-tuned on a subsample of the client half with
-each method x last_k x parameter, then scored on the test set. Memory per point:
+each method x last_k x parameter, then scored on two test subsets: ``accuracy`` on a uniform
+one (balanced classes) and ``client_accuracy`` on one with the class mix of the client half
+(the distribution the fine-tuning adapts to; Setup B's halves differ in class mix, so on the
+balanced set adapting to the client half can cost accuracy). Memory per point:
 
 - ``activation_bytes``: measured with ``common.memory.measure`` -- everything autograd keeps for
   backward (wrapped layers' factors, BatchNorm/ReLU residue, dropout noise, loss), the larger of
@@ -39,7 +42,7 @@ from torch.utils.data import DataLoader, Subset
 
 from common.compression import compressed_bytes, layer_ranks, trainable_layers, wrap_last_layers
 from common.config import ExperimentConfig, load_config
-from common.data import load_dataset, subsample
+from common.data import labels_of, load_dataset, matched_subset, subsample
 from common.memory import format_bytes, measure
 from common.train import batchnorm_eval, evaluate, pretrain_setup_b, setup_b_data, sgd, train
 
@@ -48,6 +51,9 @@ QUICKSTART = ROOT / "examples" / "quickstart.yaml"
 RESULTS = Path(__file__).resolve().parent / "results"
 LAST_K = ("1", "2", "4", "8", "all")
 TOLERANCE = 0.01  # 1 accuracy point, about one standard error at 2000 test images
+ACCURACIES = {"client_accuracy": "client-mix test", "accuracy": "balanced test"}
+MEMORIES = {"activation_bytes": "measured activation memory",
+            "compressed_bytes": "paper's compressed bytes"}
 
 
 @dataclass(frozen=True)
@@ -82,7 +88,7 @@ class Point:
     method: str
     last_k: int
     accuracy: float
-    loss: float
+    client_accuracy: float
     activation_bytes: int
     compressed_bytes: int
     compressed_bytes_mean: float
@@ -93,8 +99,8 @@ class Point:
 
 
 def run_point(
-    pretrained: nn.Module, variant: Variant, last_k: int, data: Subset, test: Subset,
-    args: argparse.Namespace,
+    pretrained: nn.Module, variant: Variant, last_k: int, data: Subset,
+    tests: tuple[Subset, Subset], args: argparse.Namespace,
 ) -> Point:
     """Fine-tune a copy of ``pretrained`` with ``variant`` on its last ``last_k`` layers."""
     model = wrap_last_layers(copy.deepcopy(pretrained), variant.method, last_k,
@@ -114,115 +120,116 @@ def run_point(
                    on_step=lambda step, total, loss: stored.append(compressed_bytes(model)))
     seconds = time.perf_counter() - started
     after = measured()
-    loss, accuracy = evaluate(model, test)
+    (_, accuracy), (_, client_accuracy) = (evaluate(model, test) for test in tests)
     return Point(
         label=variant.label, method=variant.method, last_k=last_k, accuracy=accuracy,
-        loss=loss, activation_bytes=max(before[0], after[0]), compressed_bytes=max(stored),
-        compressed_bytes_mean=statistics.fmean(stored), training_bytes=max(before[1], after[1]),
+        client_accuracy=client_accuracy, activation_bytes=max(before[0], after[0]),
+        compressed_bytes=max(stored), compressed_bytes_mean=statistics.fmean(stored),
+        training_bytes=max(before[1], after[1]),
         peak_forward_bytes=max(before[2], after[2]), step_ms=1000 * seconds / result.steps,
         ranks=layer_ranks(model),
     )
 
 
-def pareto_front(points: list[Point], metric: str) -> list[Point]:
+def pareto_front(points: list[Point], memory: str, accuracy: str) -> list[Point]:
     """Points no other point beats: none has memory <= and accuracy >= with one strict."""
 
+    def coords(p: Point) -> tuple[float, float]:
+        return getattr(p, memory), getattr(p, accuracy)
+
     def beaten(p: Point) -> bool:
-        return any(
-            getattr(q, metric) <= getattr(p, metric) and q.accuracy >= p.accuracy
-            and (getattr(q, metric) < getattr(p, metric) or q.accuracy > p.accuracy)
-            for q in points
-        )
+        (m, a) = coords(p)
+        return any(qm <= m and qa >= a and (qm, qa) != (m, a) for qm, qa in map(coords, points))
 
-    return sorted((p for p in points if not beaten(p)), key=lambda p: getattr(p, metric))
+    return sorted((p for p in points if not beaten(p)), key=coords)
 
 
-def dominated_share(winners: list[Point], others: list[Point], metric: str,
+def dominated_share(winners: list[Point], others: list[Point], memory: str, accuracy: str,
                     tolerance: float) -> tuple[int, int]:
     """How many ``others`` some winner matches: memory <= and accuracy >= theirs - tolerance."""
     count = sum(
-        any(getattr(w, metric) <= getattr(o, metric) and w.accuracy >= o.accuracy - tolerance
-            for w in winners)
+        any(getattr(w, memory) <= getattr(o, memory)
+            and getattr(w, accuracy) >= getattr(o, accuracy) - tolerance for w in winners)
         for o in others
     )
     return count, len(others)
 
 
 def summarize(points: list[Point], num_layers: int) -> list[str]:
-    """Conclusions drawn from the numbers (see the module docstring for the metrics)."""
+    """Conclusions drawn from the numbers, for each accuracy and memory metric."""
     lines = []
     hosvd = [p for p in points if p.method == "hosvd"]
-    for metric, name in (("activation_bytes", "measured activation memory"),
-                         ("compressed_bytes", "the paper's compressed bytes")):
-        front = pareto_front(points, metric)
-        labels = ", ".join(f"{p.label} k={p.last_k}" for p in front)
-        lines.append(f"Pareto front by {name}: {labels}.")
-        verdicts = []
-        for family in ("svd", "gradfilter", "vanilla", "asi"):
-            others = [p for p in points if p.method == family]
-            if not others:
-                continue
-            strict, total = dominated_share(hosvd, others, metric, 0.0)
-            loose, _ = dominated_share(hosvd, others, metric, TOLERANCE)
-            verdict = "yes" if loose == total else "no"
-            verdicts.append(f"{family}: {verdict} (hosvd matches {strict}/{total} strictly, "
-                            f"{loose}/{total} within {TOLERANCE:.0%})")
-        lines.append(f"HOSVD Pareto-superior by {name}? " + "; ".join(verdicts) + ".")
+    for accuracy, accuracy_name in ACCURACIES.items():
+        for memory, memory_name in MEMORIES.items():
+            front = pareto_front(points, memory, accuracy)
+            lines.append(f"[{accuracy_name} / {memory_name}] Pareto front: "
+                         + ", ".join(f"{p.label} k={p.last_k}" for p in front) + ".")
+            verdicts = []
+            for family in ("svd", "gradfilter", "vanilla", "asi"):
+                others = [p for p in points if p.method == family]
+                if not others:
+                    continue
+                strict, total = dominated_share(hosvd, others, memory, accuracy, 0.0)
+                loose, _ = dominated_share(hosvd, others, memory, accuracy, TOLERANCE)
+                verdicts.append(f"{family} {'yes' if loose == total else 'no'} "
+                                f"({strict}/{total} strictly, {loose}/{total} within 1 pt)")
+            lines.append("  HOSVD Pareto-superior to: " + "; ".join(verdicts) + ".")
     vanilla_last = next(p for p in points if p.method == "vanilla" and p.last_k == 1)
     for p in (p for p in hosvd if p.last_k == num_layers):
-        for metric in ("activation_bytes", "compressed_bytes"):
-            mine, theirs = getattr(p, metric), getattr(vanilla_last, metric)
-            verdict = "less" if mine < theirs else "more"
+        for memory in MEMORIES:
+            mine, theirs = getattr(p, memory), getattr(vanilla_last, memory)
             lines.append(
-                f"{p.label} on all {num_layers} layers ({metric}): {format_bytes(mine)} -- "
-                f"{verdict} than vanilla on the last layer ({format_bytes(theirs)}); "
-                f"accuracy {p.accuracy:.2%} vs {vanilla_last.accuracy:.2%}."
+                f"{p.label} on all {num_layers} layers, {memory}: {format_bytes(mine)}, "
+                f"{'less' if mine < theirs else 'more'} than vanilla on the last layer "
+                f"({format_bytes(theirs)}); client-mix accuracy {p.client_accuracy:.2%} vs "
+                f"{vanilla_last.client_accuracy:.2%}."
             )
     return lines
 
 
-def plot(points: list[Point], baseline: float, path: Path) -> None:
-    """Two panels (measured / paper's memory), log-x, one line per variant, front circled."""
-    figure = Figure(figsize=(16, 5.5), layout="constrained")
-    axes = figure.subplots(1, 2, sharey=True)
-    for axis, metric, title in zip(
-        axes, ("activation_bytes", "compressed_bytes"),
-        ("measured: all tensors kept for backward", "paper's metric: stored dW inputs (max)"),
-        strict=True,
-    ):
-        for variant in VARIANTS:
-            series = sorted((p for p in points if p.label == variant.label),
-                            key=lambda p: p.last_k)
-            if not series:
-                continue
-            style = "--" if variant.params and variant.params[0][1] in (0.9, 4) else "-"
-            axis.plot([getattr(p, metric) for p in series], [p.accuracy for p in series],
-                      style, marker="o", ms=4, color=COLORS[variant.method],
-                      label=variant.label)
-        front = pareto_front(points, metric)
-        axis.step([getattr(p, metric) for p in front], [p.accuracy for p in front],
-                  where="post", color="grey", lw=1, alpha=0.6)
-        axis.scatter([getattr(p, metric) for p in front], [p.accuracy for p in front],
-                     s=140, facecolors="none", edgecolors="black", label="Pareto front")
-        axis.axhline(baseline, color="grey", ls=":", label="pretrained, no fine-tuning")
-        axis.set_xscale("log")
-        axis.set_xlabel("bytes (log)")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy")
-    figure.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=8)
-    figure.suptitle("Setup B fine-tuning: accuracy vs activation memory (last k in 1,2,4,8,all)")
-    figure.savefig(path, dpi=120)
+def plot(points: list[Point], baselines: dict[str, float], path: Path) -> None:
+    """2 x 2 panels (accuracy kind x memory metric), log-x, one line per variant, the Pareto
+    front circled, the pretrained model's accuracy dotted."""
+    figure = Figure(figsize=(16, 10), layout="constrained")
+    axes = figure.subplots(2, 2, sharex="col")
+    for row, (accuracy, accuracy_name) in enumerate(ACCURACIES.items()):
+        for col, (memory, memory_name) in enumerate(MEMORIES.items()):
+            axis = axes[row][col]
+            for variant in VARIANTS:
+                series = sorted((p for p in points if p.label == variant.label),
+                                key=lambda p: p.last_k)
+                if not series:
+                    continue
+                style = "--" if variant.params and variant.params[0][1] in (0.9, 4) else "-"
+                axis.plot([getattr(p, memory) for p in series],
+                          [getattr(p, accuracy) for p in series], style, marker="o", ms=4,
+                          color=COLORS[variant.method], label=variant.label)
+            front = pareto_front(points, memory, accuracy)
+            xs, ys = [getattr(p, memory) for p in front], [getattr(p, accuracy) for p in front]
+            axis.step(xs, ys, where="post", color="grey", lw=1, alpha=0.6)
+            axis.scatter(xs, ys, s=140, facecolors="none", edgecolors="black",
+                         label="Pareto front")
+            axis.axhline(baselines[accuracy], color="grey", ls=":", label="pretrained")
+            axis.set_xscale("log")
+            axis.set_title(f"{accuracy_name} vs {memory_name}")
+            axis.set_xlabel("bytes (log)")
+            axis.set_ylabel(f"accuracy, {accuracy_name}")
+            axis.grid(alpha=0.3)
+    figure.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right center",
+                  fontsize=8)
+    figure.suptitle("Setup B fine-tuning, last k in 1, 2, 4, 8, all Conv2d/Linear layers")
+    figure.savefig(path, dpi=110)
 
 
-def print_table(console: Console, points: list[Point], baseline: float) -> None:
-    table = Table(title=f"Setup B Pareto sweep (pretrained accuracy {baseline:.2%})")
-    for column in ("method", "last k", "accuracy", "kept (measured)", "compressed (max)",
-                   "training", "ms/step"):
+def print_table(console: Console, points: list[Point], baselines: dict[str, float]) -> None:
+    table = Table(title=f"Setup B Pareto sweep (pretrained: {baselines['accuracy']:.2%} "
+                        f"balanced, {baselines['client_accuracy']:.2%} client-mix)")
+    for column in ("method", "last k", "acc balanced", "acc client-mix", "kept (measured)",
+                   "compressed (max)", "training", "ms/step"):
         table.add_column(column, justify="left" if column == "method" else "right",
                          no_wrap=True)
     for p in points:
-        table.add_row(p.label, str(p.last_k), f"{p.accuracy:.2%}",
+        table.add_row(p.label, str(p.last_k), f"{p.accuracy:.2%}", f"{p.client_accuracy:.2%}",
                       format_bytes(p.activation_bytes), format_bytes(p.compressed_bytes),
                       format_bytes(p.training_bytes), f"{p.step_ms:.0f}")
     console.print(table)
@@ -259,33 +266,38 @@ def main(argv: list[str] | None = None) -> list[Point]:
     indices = subsample(client_half.indices, args.train_samples, args.seed)
     data = Subset(client_half.dataset, indices.tolist())
     _, test_set = load_dataset(config.dataset, config.image_size)
-    test = Subset(test_set, subsample(range(len(test_set)), args.test_samples, args.seed).tolist())
-    _, baseline = evaluate(pretrained, test)
+    balanced = subsample(range(len(test_set)), args.test_samples, args.seed)
+    client_labels = labels_of(client_half.dataset)[client_half.indices]
+    client_mix = matched_subset(labels_of(test_set), client_labels, args.test_samples, args.seed)
+    tests = (Subset(test_set, balanced.tolist()), Subset(test_set, client_mix.tolist()))
+    baselines = {name: evaluate(pretrained, test)[1]
+                 for name, test in zip(("accuracy", "client_accuracy"), tests, strict=True)}
     num_layers = len(trainable_layers(pretrained))
     ks = [num_layers if k == "all" else int(k) for k in args.last_k]
     points = []
     for variant in (v for v in VARIANTS if v.label in args.methods):
         for last_k in ks:
-            point = run_point(pretrained, variant, last_k, data, test, args)
+            point = run_point(pretrained, variant, last_k, data, tests, args)
             points.append(point)
             console.print(
-                f"{point.label:>14} k={last_k:<3} acc {point.accuracy:.2%}  "
+                f"{point.label:>14} k={last_k:<3} acc {point.accuracy:.2%} "
+                f"client-mix {point.client_accuracy:.2%}  "
                 f"kept {format_bytes(point.activation_bytes):>10}  "
                 f"compressed {format_bytes(point.compressed_bytes):>10}  "
                 f"{point.step_ms:.0f} ms/step  [{time.perf_counter() - started:.0f} s]"
             )
-    print_table(console, points, baseline)
+    print_table(console, points, baselines)
     summary = summarize(points, num_layers) if {"hosvd", "vanilla"} <= {
         p.method for p in points} and 1 in ks else []
     for line in summary:
-        console.print(line)
+        console.print(line, markup=False)
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(points, baseline, args.out / "pareto.png")
+    plot(points, baselines, args.out / "pareto.png")
     record = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "experiment": config.model_dump(),
         "num_layers": num_layers,
-        "pretrained_accuracy": baseline,
+        "pretrained_accuracy": baselines,
         "seconds": time.perf_counter() - started,
         "points": [asdict(p) for p in points],
         "summary": summary,

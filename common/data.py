@@ -360,6 +360,29 @@ def partition(
     ]
 
 
+def matched_subset(
+    labels: np.ndarray, reference: np.ndarray, max_samples: int | None = None, seed: int = 0
+) -> np.ndarray:
+    """Sorted positions into ``labels`` whose class mix follows ``reference``'s.
+
+    With p_c the share of class c in ``reference`` and a_c the samples of class c available,
+    n = min(max_samples, min_c a_c / p_c) samples are drawn, floor(n * p_c) of each class,
+    uniformly with ``seed`` -- e.g. a test set with the class mix of the Setup-B client half.
+    """
+    labels, reference = np.asarray(labels), np.asarray(reference)
+    classes, counts = np.unique(reference, return_counts=True)
+    shares = counts / counts.sum()
+    available = np.array([(labels == c).sum() for c in classes])
+    total = min(available / shares)
+    total = total if max_samples is None else min(total, max_samples)
+    rng = np.random.default_rng(seed)
+    chosen = [
+        rng.choice(np.flatnonzero(labels == c), int(total * share), replace=False)
+        for c, share in zip(classes, shares, strict=True)
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
 def subsample(indices: np.ndarray, max_samples: int | None, seed: int = 0) -> np.ndarray:
     """At most ``max_samples`` of ``indices``, chosen uniformly with ``seed`` (sorted)."""
     indices = np.asarray(indices)

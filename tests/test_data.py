@@ -168,3 +168,13 @@ def test_subsample() -> None:
     picked = data.subsample(indices, 10, seed=0)
     assert len(picked) == 10 and np.all(np.diff(picked) > 0) and set(picked) <= set(indices)
     assert data.subsample(indices, None) is indices
+
+
+def test_matched_subset_follows_the_reference_mix() -> None:
+    labels = np.repeat(np.arange(4), 50)  # 50 of each class available
+    reference = np.repeat(np.arange(4), [10, 10, 40, 40])  # shares .1 .1 .4 .4
+    picked = data.matched_subset(labels, reference, seed=0)
+    assert np.bincount(labels[picked]).tolist() == [12, 12, 50, 50]  # bounded by 50 / 0.4
+    capped = data.matched_subset(labels, reference, max_samples=20, seed=0)
+    assert np.bincount(labels[capped]).tolist() == [2, 2, 8, 8]
+    assert len(np.unique(capped)) == 20
