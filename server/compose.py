@@ -11,17 +11,18 @@ The fleet comes from the device catalogue (``deploy/devices.yaml``), by name or 
 - ``serverapp``: the ServerApp runtime (``flower-superexec``) in the dashboard's network namespace
   and data volume, so a run's ServerApp reports to the dashboard on 127.0.0.1 and writes its
   events where the dashboard's runner reads them.
-- per device, two containers that share one network namespace, as Flower's own compose files
-  pair them: ``device-I-NAME`` (the SuperNode, the device's link to the SuperLink) and
-  ``device-I-NAME-app`` (its app runtime: ``flower-superexec`` and every ClientApp it starts)
-  under the profile's limits
+- per device, two containers sharing a network namespace and a launch volume:
+  ``device-I-NAME``, the SuperNode with the SuperExec it starts (the device's link to the
+  SuperLink), and ``device-I-NAME-app``, which runs the device's ClientApps and nothing else
+  (``deploy/device/``: the SuperExec's ``flwr-clientapp`` launches are handed over a FIFO) under
+  the profile's limits
 
       mem_limit = memswap_limit = ram_bytes,    cpus = cpus.
 
   A ClientApp that outgrows ``ram_bytes`` is killed by the kernel; its SuperNode stays registered
-  and answers the round with an error, as in the loopback fleet of :mod:`server.fleet`. The app
-  containers carry no healthcheck: a probe would run inside the memory cap it is meant to
-  emulate.
+  and answers the round with an error ("ClientApp stopped responding."), as in the loopback fleet
+  of :mod:`server.fleet`. The app containers carry no healthcheck: a probe would run inside the
+  memory cap it is meant to emulate.
 
 ``edgefed compose --fleet FLEET --tls`` writes the matching overlay (checked in for the default
 fleet as ``deploy/docker-compose.tls.yml``): Flower's own TLS on the SuperLink's API (Fleet,
@@ -71,6 +72,8 @@ RUNTIME_PORT = 9094  # a SuperNode's Runtime API, on the loopback its app runtim
 DASHBOARD_PORT = 8080
 HEALTH_PORT = 9098  # the ServerApp runtime's gRPC health server (a SuperExec has no HTTP API)
 HEALTHCHECK = "/opt/edgefed/deploy/healthcheck.py"
+LAUNCH_DIR = "/run/edgefed"  # the FIFO between a device's SuperNode and its app container
+SUPERNODE_PATH = "/opt/edgefed/deploy/device:/opt/venv/bin:/usr/local/bin:/usr/bin:/bin"
 CERTS = "${EDGEFED_CERTS:-./deploy/certs}"
 CA = "/certs/ca.crt"
 HEADER = """\
@@ -189,11 +192,11 @@ def serverapp_command(tls: bool) -> list[str]:
 
 
 def supernode_command(partition_id: int, num_devices: int, device: str, tls: bool) -> list[str]:
-    """A device's SuperNode (``process`` isolation: its app runtime is the ``-app`` container)."""
+    """A device's SuperNode; the SuperExec it starts hands ClientApps to the ``-app`` container."""
     security = (["--root-certificates", CA, "--auth-supernode-private-key", "/certs/supernode.key"]
                 if tls else ["--insecure"])
     node_config = device_node_config(partition_id, num_devices, device)
-    return ["flower-supernode", *security, "--superlink", SUPERLINK, "--isolation", "process",
+    return ["flower-supernode", *security, "--superlink", SUPERLINK, "--isolation", "subprocess",
             "--host", "127.0.0.1", "--port", str(RUNTIME_PORT),
             "--node-config", node_config_arg(node_config)]
 
@@ -201,6 +204,10 @@ def supernode_command(partition_id: int, num_devices: int, device: str, tls: boo
 def node_name(partition_id: int, devices: list[DeviceProfile]) -> str:
     width = len(str(len(devices) - 1))
     return f"device-{partition_id:0{width}d}-{devices[partition_id].name}"
+
+
+def launch_volume(node: str) -> str:
+    return f"{node}-launch"
 
 
 def infrastructure() -> dict[str, dict]:
@@ -246,19 +253,21 @@ def device_services(partition_id: int, devices: list[DeviceProfile]) -> dict[str
     device = devices[partition_id]
     node = node_name(partition_id, devices)
     who = {"device": device.name, "partition_id": partition_id}
+    launch = f"{launch_volume(node)}:{LAUNCH_DIR}"
     return {
         node: _service(
             supernode_command(partition_id, len(devices), device.name, tls=False),
             labels=_labels("supernode", **who),
+            environment={"PATH": SUPERNODE_PATH},
+            volumes=[launch],
             networks=[NETWORK],
             depends_on={"superlink": {"condition": "service_healthy"}},
             healthcheck=_healthcheck(f"http://127.0.0.1:{RUNTIME_PORT}/health", "30s"),
         ),
         f"{node}-app": _service(
-            ["flower-superexec", "--insecure",
-             "--runtime-api-address", f"127.0.0.1:{RUNTIME_PORT}"],
+            ["sh", "/opt/edgefed/deploy/device/run-clientapps"],
             labels=_labels("clientapp", **who, ram_bytes=device.ram_bytes),
-            volumes=[DATASETS],
+            volumes=[launch, DATASETS],
             network_mode=f"service:{node}",
             depends_on={node: {"condition": "service_started"}},
             mem_limit=device.ram_bytes,
@@ -307,10 +316,11 @@ def compose_spec(fleet: str | Mapping[str, int], catalogue: Catalogue) -> dict:
     services = infrastructure()
     for partition_id in range(len(devices)):
         services.update(device_services(partition_id, devices))
+    launches = [launch_volume(node_name(i, devices)) for i in range(len(devices))]
     return {
         "services": services,
         "networks": {NETWORK: {"driver": "bridge"}},
-        "volumes": {DATA_VOLUME: {}},
+        "volumes": {name: {} for name in [DATA_VOLUME, *launches]},
     }
 
 

@@ -90,6 +90,7 @@ def test_every_device_gets_its_limits_and_node_config(fleet: object) -> None:
         assert app["cpus"] == device.cpus
         node = app["network_mode"].removeprefix("service:")
         assert node in nodes and name == f"{node}-app"
+        assert app["volumes"][0] == nodes[node]["volumes"][0]  # the pair's launch FIFO
         assert _node_config(nodes[node]["command"]) == {
             "partition-id": str(pid), "num-partitions": str(len(devices)), "device": device.name}
     assert sorted(int(s["labels"]["edgefed.partition-id"]) for s in nodes.values()) == list(
@@ -107,6 +108,9 @@ def test_services_reference_only_services_that_exist() -> None:
         assert mode.removeprefix("service:") in services, name
         for network in service.get("networks", []):
             assert network in spec["networks"], name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert source.startswith(("$", "/", ".")) or source in spec["volumes"], name
     assert services["dashboard"]["environment"]["EDGEFED_SUPERLINK"] == "superlink:8000"
     assert services["serverapp"]["network_mode"] == "service:dashboard"
 
