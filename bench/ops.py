@@ -214,7 +214,7 @@ def main() -> None:
     args = parser.parse_args()
     model_reps, layer_reps = (3, 3) if args.quick else (21, 15)
     torch.set_num_threads(2)
-    console = Console()
+    console = Console(width=140)
     load_before = os.getloadavg()[0]
 
     cases = layer_cases()
