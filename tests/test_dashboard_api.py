@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from server.dashboard.app import create_app
 from server.dashboard.settings import Settings
-from tests.dashboard_support import tiny_config
+from tests.dashboard_support import tiny_config, wait_for
 
 BASE = "http://127.0.0.1"
 REMOTE = re.compile(r"""(src=|href=|from |import\(|url\()["']?(https?:)?//""")  # remote assets
@@ -329,3 +329,17 @@ def test_catalogue_schema_and_pages(client):
         assert response.status_code == 200 and not REMOTE.search(response.text)
     assert client.get("/openapi.json").status_code == 200
     assert client.get("/docs").status_code == 404  # FastAPI's would load scripts from a CDN
+
+
+def test_a_run_that_cannot_start_fails_and_the_queue_goes_on(tmp_path):
+    settings = {"max_concurrent_runs": 1, "run_command": [str(tmp_path / "no-such-edgefed")]}
+    app = create_app(Settings(data_dir=tmp_path, **settings))
+    with TestClient(app, base_url=BASE) as c:
+        experiment = create(c)
+        first, second = (c.post(f"/api/experiments/{experiment['id']}/launch").json()["id"]
+                         for _ in range(2))
+        for run_id in (first, second):
+            run = wait_for(lambda run_id=run_id: (r := c.get(f"/api/runs/{run_id}").json()["run"])
+                           ["status"] == "failed" and r, 30, "the run to fail")
+            assert "runner error" in run["message"] and "no-such-edgefed" in run["message"]
+        assert c.get("/api/info").status_code == 200
