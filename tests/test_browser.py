@@ -117,6 +117,7 @@ def test_form_launch_and_live_charts(browser, tmp_path):
 
 def test_run_page_follows_events_live(browser, tmp_path):
     """Events posted while the page is open appear without a reload (the SSE stream)."""
+    OUTPUT.mkdir(exist_ok=True)
     wait = WebDriverWait(browser, 30)
     with DashboardProcess(tmp_path, "--max-runs", "0") as server:
         config = {"name": "live", "fleet": [{"device": "rpi5", "count": 4}], "rounds": 3}
@@ -148,5 +149,10 @@ def test_run_page_follows_events_live(browser, tmp_path):
         wait.until(lambda d: d.find_element(By.ID, "run-status").text == "finished")
         assert "OOM" in browser.find_element(By.ID, "chart-memory").text
         assert not browser.find_element(By.ID, "cancel").is_displayed()
+
+        browser.get(server.url)  # the experiment list shows the run and its state
+        wait.until(lambda d: "finished" in d.find_element(
+            By.CSS_SELECTOR, f"tr[data-experiment='{experiment['id']}']").text)
+        browser.save_screenshot(str(OUTPUT / "dashboard-list.png"))
         errors = [e["message"] for e in browser.get_log("browser")]
         assert not errors, errors
