@@ -7,6 +7,8 @@
     edgefed fleet up|down|status
     edgefed sweep SWEEP [--engine E] [--out DIR]
     edgefed demo
+    edgefed dashboard [--host H] [--port P] [--db URL] [--token T] [--launch FILE]
+    edgefed compose [--fleet FLEET] [--out FILE] [--tls]
 
 An invalid experiment stops before anything is written, with one message naming the field and
 exit code 2.
@@ -30,10 +32,12 @@ from rich.table import Table
 from common.config import Engine, ExperimentConfig, ModelName, load_config, load_sweep
 from common.devices import FleetError, assign_devices, load_catalogue, validate_fleet
 from common.events import ClientResult, Event
+from server.compose import compose_command
 
 app = typer.Typer(help="Federated fine-tuning on memory-capped edge devices.", no_args_is_help=True)
 fleet_app = typer.Typer(help="A deployment fleet on loopback: SuperLink + SuperNodes.")
 app.add_typer(fleet_app, name="fleet")
+app.command("compose")(compose_command)
 console = Console(width=None if sys.stdout.isatty() else 160)
 INVALID = 2
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
@@ -287,3 +291,23 @@ def sweep_row(config: ExperimentConfig, outcome: object) -> dict[str, object]:
 def demo(engine: Annotated[Engine, typer.Option()] = "simulation") -> None:
     """Run the quickstart federation (what `make run` starts)."""
     run(DEMO_CONFIG, engine=engine, out=None, run_id=None, report_url="", report_token="")
+
+
+@app.command()
+def dashboard(
+    host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
+    db: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default: SQLite file)")] = None,
+    token: Annotated[str | None, typer.Option(help="bearer token for mutating endpoints")] = None,
+    launch: Annotated[list[Path] | None, typer.Option(
+        help="experiment YAML/JSON to create and launch at startup (repeatable)")] = None,
+) -> None:
+    """Serve the experiment dashboard (FastAPI) until interrupted."""
+    from server.dashboard.serve import serve  # FastAPI and uvicorn load only for this command
+
+    try:
+        serve(host=host, port=port, db_url=db, token=token, launch=launch or ())
+    except ValidationError as err:
+        raise _fail(_validation_message(err)) from None
+    except ValueError as err:
+        raise _fail(str(err)) from None
