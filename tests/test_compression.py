@@ -199,6 +199,30 @@ def test_hosvd_matches_full_svd_reference():
         assert rel(mine.to_tensor(), ref.to_tensor()) < 1e-3
 
 
+def test_hosvd_runs_on_one_thread_and_gives_the_thread_count_back():
+    """Inside hosvd torch uses one intra-op thread; the caller's count is restored after it,
+    also when the rank rule raises."""
+    seen: list[int] = []
+
+    def choose(shape, ratios):
+        seen.append(torch.get_num_threads())
+        return eps_ranks(shape, ratios, 0.8)
+
+    def refuse(shape, ratios):
+        raise ValueError("no ranks")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        hosvd(torch.randn(8, 6, 5), choose, range(3))
+        assert (seen, torch.get_num_threads()) == ([1], 2)
+        with pytest.raises(ValueError, match="no ranks"):
+            hosvd(torch.randn(8, 6, 5), refuse, range(3))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- wrapping contract
 
 class Net(nn.Module):
