@@ -206,9 +206,9 @@ def experiment(catalogue: Catalogue, seed: int) -> dict:
     """A 2-round, seconds-per-round experiment on the compose-test fleet."""
     fleet = [{"device": d, "count": n} for d, n in fleet_mix(FLEET, catalogue).items()]
     return ExperimentConfig(
-        name="compose-e2e", model="smallcnn", width=0.5, fleet=fleet, rounds=ROUNDS,
-        local_steps=1, batch_size=8, samples_per_client=16, test_samples=64, pretrain_epochs=0,
-        min_train_clients=1, partitioner="iid", seed=seed,
+        name="compose-e2e", model="smallcnn", width=0.5, image_size=28, fleet=fleet,
+        rounds=ROUNDS, local_steps=1, batch_size=8, samples_per_client=16, test_samples=64,
+        pretrain_epochs=0, min_train_clients=1, partitioner="iid", seed=seed,
         compression={"method": "hosvd", "last_k": 3, "eps": 0.8},
     ).model_dump(mode="json")
 
@@ -234,7 +234,7 @@ def run_experiment(api: httpx.Client, config: dict, clock: Clock) -> dict:
         status = detail["run"]["status"]
         return detail if status not in ("queued", "running") else None
 
-    detail = poll(f"run {run_id}", finished, clock, cap=900, every=5)
+    detail = poll(f"run {run_id}", finished, clock, cap=1200, every=5)
     log(f"run {run_id}: {detail['run']['status']} ({detail['run']['message']})")
     return detail
 
@@ -250,13 +250,12 @@ def check_clients(detail: dict, devices: list[DeviceProfile]) -> None:
             row = rows.get((server_round, pid))
             if row is None:
                 raise Failed(f"round {server_round}: no row from partition {pid} ({device.name})")
-            if row["device"] != device.name:
-                raise Failed(f"partition {pid} reported as {row['device']}, is {device.name}")
             if starved(device):
                 if row["status"] not in ("error", "oom") or not row["reason"]:
                     raise Failed(f"{device.name} (partition {pid}) should fail, got {row}")
                 log(f"round {server_round}: {device.name} failed as expected: {row['reason']}")
-            elif row["status"] != "ok" or row["peak_bytes"] is None or row["accuracy"] is None:
+            elif (row["status"] != "ok" or row["device"] != device.name
+                  or row["peak_bytes"] is None or row["accuracy"] is None):
                 raise Failed(f"round {server_round}: partition {pid} ({device.name}): {row}")
     rounds = [r["round"] for r in detail["rounds"]]
     if rounds[-1:] != [ROUNDS]:
@@ -265,19 +264,29 @@ def check_clients(detail: dict, devices: list[DeviceProfile]) -> None:
     log(f"per-client rows: {len(rows)} ({ok} ok) from {len(devices)} devices x {ROUNDS} rounds")
 
 
+def peak_bytes(container: dict) -> tuple[int, int] | None:
+    """(max usage, times the limit was hit) of a container's cgroup-v1 memory group."""
+    group = Path("/sys/fs/cgroup/memory/docker") / container["Id"]
+    try:
+        return (int((group / "memory.max_usage_in_bytes").read_text()),
+                int((group / "memory.failcnt").read_text()))
+    except OSError:  # cgroup v2 or another cgroup parent: nothing to report
+        return None
+
+
 def check_survivors(containers: list[dict]) -> None:
-    """Devices that fit were never killed; report what happened to the starved one."""
-    for c in containers:
-        labels = c["Config"]["Labels"]
-        if labels.get("edgefed.role") != "clientapp":
+    """App containers stayed up (a ClientApp may die, its container does not); report each
+    device's measured peak against its limit."""
+    for c in sorted(containers, key=lambda c: c["Name"]):
+        if c["Config"]["Labels"].get("edgefed.role") != "clientapp":
             continue
-        state = c["State"]
-        restarts = c.get("RestartCount", 0)
-        if labels["edgefed.device"] == "pi-starved":
-            log(f"{c['Name']}: OOMKilled={state['OOMKilled']}, restarts={restarts}, "
-                f"status={state['Status']}")
-        elif state["OOMKilled"] or restarts or not state["Running"]:
-            raise Failed(f"{c['Name']} was killed or restarted: {state}")
+        state, restarts = c["State"], c.get("RestartCount", 0)
+        if restarts or not state["Running"]:
+            raise Failed(f"{c['Name']} restarted {restarts} times, state {state['Status']}")
+        peak = peak_bytes(c)
+        if peak is not None:
+            log(f"{c['Name'].lstrip('/')}: peak {peak[0] / 2**20:.0f} MiB of "
+                f"{c['HostConfig']['Memory'] / 2**20:.0f} MiB, limit hit {peak[1]} times")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
