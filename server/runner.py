@@ -205,7 +205,8 @@ def run(
         outcome.flwr_run_id = submit(state, overrides, resources)
         outcome.status = _follow(state, outcome, out_dir, on_event)
         final = "finished" if outcome.status == "finished:completed" else "failed"
-        reporter.emit(state=RunState(status=final, message=f"flower status {outcome.status}"))
+        outcome.events.append(reporter.emit(
+            state=RunState(status=final, message=f"flower status {outcome.status}")))
     except RunCancelled as why:
         outcome.status = "cancelled"
         if state is not None and state.superlink is None and outcome.flwr_run_id is not None:
