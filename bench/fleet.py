@@ -75,13 +75,14 @@ class PeakRss:
 
 
 def workload(clients: int, sampled: int, rounds: int) -> ExperimentConfig:
-    """The default model on a fleet of ``clients`` phones and Pis, ``sampled`` per round."""
+    """The default model on a fleet of ``clients`` phones and Pis, ``sampled`` per round; each
+    client trains one local epoch (8 steps of 16 of its 128 samples)."""
     per_kind = clients // 4
     fleet_mix = [{"device": d, "count": per_kind} for d in ("rpi-zero", "rpi5", "jetson-nano")]
     fleet_mix.append({"device": "phone", "count": clients - 3 * per_kind})
     return ExperimentConfig(
         name="bench-fleet", fleet=fleet_mix, rounds=rounds, fraction_train=sampled / clients,
-        min_train_clients=sampled, local_steps=2, batch_size=16, samples_per_client=16,
+        min_train_clients=sampled, local_steps=8, batch_size=16, samples_per_client=128,
         test_samples=500, partitioner="iid", pretrain_epochs=1,
     )
 

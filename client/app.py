@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from client import replies
-from client.planner import Planner
+from client.planner import Candidate, Planner
 from client.task import (
     Node,
     client_dataset,
@@ -36,13 +36,15 @@ from client.task import (
 from common.compression import layer_ranks, wrap_last_layers
 from common.config import ExperimentConfig
 from common.devices import load_catalogue
-from common.memory import fits, measure
+from common.memory import MemoryReport, fits, measure
 from common.train import evaluate as evaluate_model
 from common.train import initial_model
 from common.train import train as train_model
 
+MAX_PLANS = 4
 app = ClientApp()
 _planners: dict[str, Planner] = {}
+_step_flops: dict[Candidate, int] = {}
 
 
 def _planner(config: ExperimentConfig) -> Planner:
@@ -76,6 +78,20 @@ def _model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
+def _first_step(
+    candidate: Candidate, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
+    loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+) -> tuple[MemoryReport, int]:
+    """The measured first step, and its FLOPs, counted once per candidate and process: they
+    depend on shapes and ranks only, and ranks barely move between rounds (WASI)."""
+    if candidate in _step_flops:
+        return measure(model, *batch, loss_fn, optimizer), _step_flops[candidate]
+    with FlopCounterMode(display=False) as counter:
+        report = measure(model, *batch, loss_fn, optimizer)
+    _step_flops[candidate] = counter.get_total_flops()
+    return report, _step_flops[candidate]
+
+
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     """Answer the server's inventory: partition id, device and budget of this node."""
@@ -99,16 +115,20 @@ def train(msg: Message, context: Context) -> Message:
     generator = torch.Generator().manual_seed(config.seed * 100_003 + server_round)
     probe = next(iter(DataLoader(data, batch_size=config.batch_size, shuffle=True,
                                  generator=generator)))
-    plan = _planner(config).plan(node.device, model, probe, node.policy)
-    if not plan.fits:
-        return Message(Error(replies.OOM, plan.reason), reply_to=msg)
-    chosen = plan.chosen
-    wrapped = wrap_last_layers(model, chosen.method, chosen.last_k, **chosen.wrap_kwargs())
-    optimizer = trainable_sgd(wrapped, config.lr)
+    planner = _planner(config)
     loss_fn = nn.CrossEntropyLoss()
-    batch = (probe[0][: chosen.batch_size], probe[1][: chosen.batch_size])
-    with FlopCounterMode(display=False) as flops:
-        report = measure(wrapped, *batch, loss_fn, optimizer)
+    for _ in range(MAX_PLANS):  # a fit pick found over budget here is re-planned around
+        plan = planner.plan(node.device, model, probe, node.policy, verify=False)
+        if not plan.fits:
+            return Message(Error(replies.OOM, plan.reason), reply_to=msg)
+        chosen = plan.chosen
+        wrapped = wrap_last_layers(model, chosen.method, chosen.last_k, **chosen.wrap_kwargs())
+        optimizer = trainable_sgd(wrapped, config.lr)
+        batch = (probe[0][: chosen.batch_size], probe[1][: chosen.batch_size])
+        report, step_flops = _first_step(chosen, wrapped, batch, loss_fn, optimizer)
+        planner.record(chosen, report.training_bytes)
+        if fits(report, node.device.budget_bytes) or node.policy == "fixed":
+            break
     if not fits(report, node.device.budget_bytes):
         reason = (f"out of memory: needs {report.training_bytes} bytes, "
                   f"budget {node.device.budget_bytes}")
@@ -119,8 +139,7 @@ def train(msg: Message, context: Context) -> Message:
     stats = train_model(wrapped, loader, optimizer, epochs=config.local_epochs,
                         max_steps=config.local_steps, proximal_mu=mu)
     model_bytes = _model_bytes(model)
-    sim_time = node.device.device_seconds(flops.get_total_flops() * stats.steps,
-                                          model_bytes, model_bytes)
+    sim_time = node.device.device_seconds(step_flops * stats.steps, model_bytes, model_bytes)
     metrics = MetricRecord({
         "num-examples": stats.examples,
         "train-loss": stats.loss,

@@ -177,6 +177,11 @@ class Planner:
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
         self._cache: dict[Candidate, int] = {}
+        self._floor: dict[tuple[str, int], int] = {}
+
+    def record(self, candidate: Candidate, training_bytes: int) -> None:
+        """Remember a measurement made elsewhere (the client's own first step)."""
+        self._cache[candidate] = training_bytes
 
     def _measured(self, model: nn.Module, candidate: Candidate,
                   probe: tuple[torch.Tensor, torch.Tensor]) -> int:
@@ -184,35 +189,41 @@ class Planner:
             self._cache[candidate] = measure_candidate(self.config, model, candidate, probe)
         return self._cache[candidate]
 
+    def _grads_floor(self, model: nn.Module, candidate: Candidate) -> int:
+        key = (candidate.method, candidate.last_k)
+        if key not in self._floor:
+            self._floor[key] = trainable_bytes(_wrapped(model, candidate))
+        return self._floor[key]
+
     def plan(
         self, device: DeviceProfile, model: nn.Module,
         probe: tuple[torch.Tensor, torch.Tensor], policy: Policy | None = None,
+        verify: bool = True,
     ) -> Plan:
         """The configuration ``device`` trains with (or why it cannot) under ``policy``.
 
         ``model`` holds the weights to fine-tune (not modified); ``probe`` is an
         (inputs, targets) batch of the client's data, at least as large as any batch tried.
+        ``verify``: measure the pick again on this probe (uncached); a caller that measures
+        the pick itself passes False and :meth:`record` s what it found.
         """
         policy = policy or self.config.policy
         budget = device.budget_bytes
         max_batch = len(probe[0])
         if policy == "fixed":
             own = own_candidate(self.config, min(self.config.batch_size, max_batch))
-            needed = measure_candidate(self.config, model, own, probe)
+            needed = self._measured(model, own, probe)
             fits = needed <= budget
             return Plan(device, policy, own if fits else None, needed,
                         [Option(own, needed, fits)])
         options: list[Option] = []
-        floor: dict[tuple[str, int], int] = {}
         for cand in candidates(self.config, max_batch):
-            key = (cand.method, cand.last_k)
-            if key not in floor:
-                floor[key] = trainable_bytes(_wrapped(model, cand))
-            if floor[key] > budget:
-                options.append(Option(cand, floor[key], False, measured=False))
+            floor = self._grads_floor(model, cand)
+            if floor > budget:
+                options.append(Option(cand, floor, False, measured=False))
                 continue
             needed = self._measured(model, cand, probe)
-            if needed <= budget:
+            if needed <= budget and verify:
                 needed = measure_candidate(self.config, model, cand, probe)  # this probe
                 self._cache[cand] = needed
             options.append(Option(cand, needed, needed <= budget))
