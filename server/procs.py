@@ -244,18 +244,6 @@ def new_children(before: set[int]) -> list[psutil.Process]:
     return []
 
 
-def descendants_alive(managed: Iterable[ManagedProcess]) -> list[int]:
-    """Pids of the given processes and their descendants that still run (zombies excluded)."""
-    return [p.pid for p in _tree(managed) if _running(p)]
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def which(tool: str) -> str:
     """Absolute path of a console script installed beside this interpreter."""
     path = bin_dir() / tool
