@@ -6,7 +6,8 @@
 # The base image comes from deploy/base-image.sh (python:3.11-slim, or a local Debian image when
 # no registry answers) and the wheels from deploy/wheelhouse.sh (so the build needs no index).
 # The tag is a hash of the base image id, the Dockerfile, .dockerignore, the wheelhouse inputs
-# and every file of the app that goes into the image: an unchanged tree reuses the image.
+# and every file of the app that goes into the image: an unchanged tree reuses the image, and
+# images of earlier trees are removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,4 +42,8 @@ else
     say "built $tag in $(( $(date +%s) - started )) s"
 fi
 docker tag "$tag" edgefed:latest
+# Earlier content hashes are dead weight (about 1.7 GB each): drop them unless a container uses one.
+for old in $(docker images edgefed --format '{{.Repository}}:{{.Tag}}' | grep -E ':[0-9a-f]{12}$'); do
+    [ "$old" = "$tag" ] || docker image rm "$old" >/dev/null 2>&1 || true
+done
 echo "$tag"
