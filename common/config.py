@@ -83,6 +83,11 @@ class ExperimentConfig(_Strict):
     lr: float = Field(0.05, gt=0.0, le=10.0)
     compression: CompressionConfig = CompressionConfig()
     policy: Policy = "fit"
+    round_timeout_s: float = Field(
+        600.0, ge=10.0, le=86_400.0,
+        description="how long the server waits for replies (inventory, each round); a node "
+        "that has not answered by then is recorded as failed",
+    )
     pretrain_epochs: int = Field(
         2, ge=0, le=100, description="Setup-B pretraining on the server half"
     )

@@ -43,8 +43,6 @@ from server.report import Reporter
 from server.task import pretrained_model, test_dataset
 
 NODE_WAIT_S = 600.0
-QUERY_TIMEOUT_S = 600.0
-ROUND_TIMEOUT_S = 3600.0
 
 log = logging.getLogger(__name__)
 app = ServerApp()
@@ -72,7 +70,7 @@ class NodeDirectory:
         messages = [Message(RecordDict(), dst_node_id=n, message_type=MessageType.QUERY)
                     for n in nodes]
         answers = {}
-        for reply in grid.send_and_receive(messages, timeout=QUERY_TIMEOUT_S):
+        for reply in grid.send_and_receive(messages, timeout=config.round_timeout_s):
             if not reply.has_error():
                 identity = reply.content["identity"]
                 answers[reply.metadata.src_node_id] = (int(identity["partition-id"]),
@@ -213,7 +211,7 @@ def main(grid: Grid, context: Context) -> None:
             grid,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=config.rounds,
-            timeout=ROUND_TIMEOUT_S,
+            timeout=config.round_timeout_s,
             train_config=ConfigRecord({"lr": config.lr}),
             evaluate_fn=central_evaluation,
         )

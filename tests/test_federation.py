@@ -30,7 +30,7 @@ def _config(fleet: list[dict], rounds: int) -> ExperimentConfig:
     return ExperimentConfig(
         name="tiny", model="smallcnn", width=0.5, fleet=fleet, rounds=rounds,
         local_steps=1, batch_size=8, samples_per_client=16, test_samples=64,
-        pretrain_epochs=0, min_train_clients=1, partitioner="iid", seed=3,
+        pretrain_epochs=0, min_train_clients=1, partitioner="iid", seed=3, round_timeout_s=150,
         compression={"method": "hosvd", "last_k": 3, "eps": 0.8},
     )
 
@@ -93,7 +93,9 @@ def test_deployment_engine_under_real_memory_limits(tmp_path: Path) -> None:
         if not _online(config, c.partition_id, 1):
             assert c.status == "dropped"
         elif c.device == "pi-starved":  # its ClientApp is killed at the 150 MiB limit
-            assert c.status == "error" and c.reason == "ClientApp stopped responding.", c
+            assert c.status == "error", c
+            assert c.reason in ("ClientApp stopped responding.",
+                                "no reply before the round timeout"), c
         else:
             assert c.status == "ok", c
     assert [e.round.round for e in outcome.events if e.round is not None] == [0, 1]
