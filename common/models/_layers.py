@@ -10,6 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# Below this input size (px) the stem keeps full resolution (CIFAR-style), so the last
+# feature map is not degenerate.
+SMALL_INPUT = 64
+
 
 def make_divisible(value: float, divisor: int = 8) -> int:
     """Round ``value`` to the nearest multiple of ``divisor``, never more than 10% below it.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import ConvBNAct, InvertedResidual, init_weights, make_divisible
+from ._layers import SMALL_INPUT, ConvBNAct, InvertedResidual, init_weights, make_divisible
 
 # t (expansion), c (output channels), n (repeats), s (first stride), k (depthwise kernel)
 SETTING = [
@@ -25,7 +25,6 @@ SETTING = [
     (5, 96, 3, 2, 7),
     (6, 160, 1, 1, 5),
 ]
-SMALL_INPUT = 64
 
 
 class MCUNet(nn.Module):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import ConvBNAct, InvertedResidual, init_weights, make_divisible
+from ._layers import SMALL_INPUT, ConvBNAct, InvertedResidual, init_weights, make_divisible
 
 # t (expansion), c (output channels), n (repeats), s (stride of the first repeat)
 SETTING = [
@@ -30,7 +30,6 @@ SETTING = [
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 ]
-SMALL_INPUT = 64
 
 
 class MobileNetV2(nn.Module):

@@ -17,10 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._layers import make_divisible
+from ._layers import SMALL_INPUT, make_divisible
 
 BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
-SMALL_INPUT = 64
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
