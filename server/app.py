@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable
 
 import torch
@@ -59,11 +60,25 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float = NODE_WAIT_S) -> l
 
 
 class NodeDirectory:
-    """Node id -> (partition id, device), from the nodes' answers to an inventory query."""
+    """Node id -> (partition id, device), from the nodes' answers to an inventory query.
+
+    A node that never answered (e.g. its ClientApp cannot start under its memory cap) gets the
+    lowest partition id nobody claimed, and its device is named by this rule:
+
+    - every answer agrees with the seeded assignment (``assign_entries``, as ``edgefed run``
+      numbers simulation and loopback-deployment fleets): that partition's device there;
+    - otherwise (a fleet numbered its own way, e.g. the compose fleet in mix order): the fleet's
+      devices minus the answered ones, as a multiset; its one kind if one kind is left, else
+      ``"unknown (one of a, b)"`` (``"unknown"`` if nothing is left).
+    """
 
     def __init__(self, config: ExperimentConfig, answers: dict[int, tuple[int, str]]) -> None:
         self.entries = assign_entries(config)
         self.known = dict(answers)
+        self.seeded = all(pid < len(self.entries) and self.entries[pid].device == device
+                          for pid, device in answers.values())
+        self.leftover = sorted((Counter(e.device for e in self.entries)
+                                - Counter(device for _, device in answers.values())).keys())
 
     @classmethod
     def ask(cls, grid: Grid, config: ExperimentConfig, nodes: list[int]) -> NodeDirectory:
@@ -78,14 +93,21 @@ class NodeDirectory:
         return cls(config, answers)
 
     def identity(self, node_id: int) -> tuple[int, str]:
-        """A node that never answered gets the lowest partition nobody claimed."""
+        """The node's (partition id, device); for a node that never answered, by the rule in the
+        class docstring (remembered, so it keeps the same identity every round)."""
         if node_id not in self.known:
             taken = {pid for pid, _ in self.known.values()}
             pid = next(i for i in range(len(self.entries) + len(self.known) + 1)
                        if i not in taken)
-            device = self.entries[pid].device if pid < len(self.entries) else "unknown"
-            self.known[node_id] = (pid, device)
+            self.known[node_id] = (pid, self._device_of(pid))
         return self.known[node_id]
+
+    def _device_of(self, pid: int) -> str:
+        if self.seeded and pid < len(self.entries):
+            return self.entries[pid].device
+        if len(self.leftover) == 1:
+            return self.leftover[0]
+        return f"unknown (one of {', '.join(self.leftover)})" if self.leftover else "unknown"
 
 
 class Reporting:

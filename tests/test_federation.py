@@ -15,9 +15,10 @@ import pytest
 
 from client.task import resolve_node
 from common.config import ExperimentConfig
-from common.devices import load_catalogue
+from common.devices import assign_entries, load_catalogue
 from common.events import ClientResult
 from server import runner
+from server.app import NodeDirectory
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +102,29 @@ def test_deployment_engine_under_real_memory_limits(tmp_path: Path) -> None:
     assert [e.round.round for e in outcome.events if e.round is not None] == [0, 1]
     assert _no_descendants_left() == []
     assert not list((tmp_path / "flower").glob("fleet.json"))
+
+
+def test_unanswered_node_named_from_the_seeded_assignment_when_answers_agree() -> None:
+    config = _config([{"device": "rpi5", "count": 2}, {"device": "phone", "count": 1},
+                      {"device": "pi-starved", "count": 1}], rounds=1)
+    seeded = [e.device for e in assign_entries(config)]
+    assert seeded == ["pi-starved", "rpi5", "phone", "rpi5"]  # seed 3's shuffle
+    # answers as `edgefed run` numbers nodes; the fleet minus them would leave two kinds
+    directory = NodeDirectory(config, {7: (1, "rpi5"), 8: (3, "rpi5")})
+    assert directory.identity(9) == (0, "pi-starved")
+    assert directory.identity(10) == (2, "phone")
+    assert directory.identity(7) == (1, "rpi5") and directory.identity(9) == (0, "pi-starved")
+
+
+def test_unanswered_node_named_from_the_leftover_fleet_when_numbered_otherwise() -> None:
+    fleet = [{"device": "rpi5", "count": 2}, {"device": "pi-starved", "count": 1}]
+    config = _config(fleet, rounds=1)
+    assert assign_entries(config)[2].device == "rpi5"  # the seeded name would be wrong here
+    # the compose fleet numbers devices in mix order: rpi5, rpi5, pi-starved (never answers)
+    directory = NodeDirectory(config, {1: (0, "rpi5"), 2: (1, "rpi5")})
+    assert directory.identity(3) == (2, "pi-starved")
+
+    config = _config(fleet[:1] + [{"device": "phone", "count": 1}] + fleet[1:], rounds=1)
+    directory = NodeDirectory(config, {1: (0, "rpi5"), 2: (1, "rpi5")})
+    assert directory.identity(3) == (2, "unknown (one of phone, pi-starved)")
+    assert directory.identity(4) == (3, "unknown (one of phone, pi-starved)")
