@@ -1,4 +1,5 @@
-"""Building blocks shared by the models: conv-BN-activation and the inverted residual block.
+"""Building blocks shared by the models: conv-BN-activation, the inverted residual block and
+the inverted-residual network that MobileNetV2 and MCUNet configure.
 
 Both register their submodules in forward execution order and use ``nn.BatchNorm2d`` and
 activation *modules* (never ``F.relu``), so ``common.compression.wrap_last_layers`` can find the
@@ -6,6 +7,9 @@ last Conv2d/Linear layers by registration order and swap activations or norms.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -85,6 +89,56 @@ class InvertedResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(x) if self.use_residual else self.conv(x)
+
+
+class InvertedResidualNet(nn.Module):
+    """Stem ConvBNAct -> inverted-residual stages -> [1x1 head ConvBNAct] -> pool -> Linear.
+
+    A subclass gives ``STEM`` (stem channels), ``SETTING`` (stages: t expansion, c output
+    channels, n repeats, s stride of the first repeat, k depthwise kernel) and ``HEAD`` (1x1 head
+    channels, ``None``: no head). Channel counts become make_divisible(c * width); the head is
+    make_divisible(HEAD * max(1, width)), never narrower than HEAD (torchvision's rule). The stem
+    runs at stride 1 below ``SMALL_INPUT`` px, else 2. Keys: ``features.0`` stem,
+    ``features.1..`` blocks then the head, ``classifier.0`` Dropout, ``classifier.1`` Linear.
+    """
+
+    STEM: ClassVar[int]
+    SETTING: ClassVar[Sequence[tuple[int, int, int, int, int]]]
+    HEAD: ClassVar[int | None] = None
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        width: float = 1.0,
+        in_channels: int = 3,
+        image_size: int = 224,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        channels = make_divisible(self.STEM * width)
+        features: list[nn.Module] = [
+            ConvBNAct(in_channels, channels, stride=1 if image_size < SMALL_INPUT else 2)
+        ]
+        for t, c, n, s, k in self.SETTING:
+            out_channels = make_divisible(c * width)
+            for i in range(n):
+                features.append(
+                    InvertedResidual(channels, out_channels, s if i == 0 else 1, t, k)
+                )
+                channels = out_channels
+        if self.HEAD is not None:
+            head = make_divisible(self.HEAD * max(1.0, width))
+            features.append(ConvBNAct(channels, head, kernel_size=1))
+            channels = head
+        self.last_channel = channels
+        self.features = nn.Sequential(*features)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
 
 
 def init_weights(model: nn.Module) -> None:

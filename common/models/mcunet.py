@@ -10,51 +10,20 @@ Linear. Below 64 px the stem runs at stride 1 (total stride 16), as in our Mobil
 
 from __future__ import annotations
 
-import torch
-from torch import nn
-
-from ._layers import SMALL_INPUT, ConvBNAct, InvertedResidual, init_weights, make_divisible
-
-# t (expansion), c (output channels), n (repeats), s (first stride), k (depthwise kernel)
-SETTING = [
-    (1, 8, 1, 1, 3),
-    (4, 16, 2, 2, 5),
-    (4, 24, 2, 2, 7),
-    (4, 40, 3, 2, 5),
-    (5, 48, 2, 1, 3),
-    (5, 96, 3, 2, 7),
-    (6, 160, 1, 1, 5),
-]
+from ._layers import InvertedResidualNet
 
 
-class MCUNet(nn.Module):
+class MCUNet(InvertedResidualNet):
     """Tiny inverted-residual network; ``width`` scales every channel count."""
 
-    def __init__(
-        self,
-        num_classes: int = 1000,
-        width: float = 1.0,
-        in_channels: int = 3,
-        image_size: int = 224,
-        dropout: float = 0.2,
-    ) -> None:
-        super().__init__()
-        channels = make_divisible(16 * width)
-        features: list[nn.Module] = [
-            ConvBNAct(in_channels, channels, stride=1 if image_size < SMALL_INPUT else 2)
-        ]
-        for t, c, n, s, k in SETTING:
-            out_channels = make_divisible(c * width)
-            for i in range(n):
-                features.append(
-                    InvertedResidual(channels, out_channels, s if i == 0 else 1, t, k)
-                )
-                channels = out_channels
-        self.features = nn.Sequential(*features)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
-        init_weights(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x))
-        return self.classifier(torch.flatten(x, 1))
+    STEM = 16
+    # t (expansion), c (output channels), n (repeats), s (first stride), k (depthwise kernel)
+    SETTING = (
+        (1, 8, 1, 1, 3),
+        (4, 16, 2, 2, 5),
+        (4, 24, 2, 2, 7),
+        (4, 40, 3, 2, 5),
+        (5, 48, 2, 1, 3),
+        (5, 96, 3, 2, 7),
+        (6, 160, 1, 1, 5),
+    )
