@@ -81,6 +81,17 @@ def tucker_conv_weight_grad(x: Tucker, dy: Tensor, weight_shape: tuple[int, ...]
 Compress = Callable[[Tensor], Tucker]
 
 
+def save_tucker(ctx: FunctionCtx, weight: Tensor, x: Tucker) -> None:
+    """Save [[S; U_n]] of X for dW, and W only when dX (a function of dY and W) is needed."""
+    ctx.save_for_backward(weight if ctx.needs_input_grad[0] else None, x.core, *x.factors)
+
+
+def saved_tucker(ctx: FunctionCtx) -> tuple[Tensor | None, Tucker]:
+    """(W or None, [[S; U_n]]) as ``save_tucker`` saved them."""
+    weight, core, *factors = ctx.saved_tensors
+    return weight, Tucker(core, tuple(factors))
+
+
 class TuckerConv2d(torch.autograd.Function):
     """Conv2d that saves a Tucker tensor of X (HOSVD, SVD or ASI) instead of X.
 
@@ -91,20 +102,19 @@ class TuckerConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
                 geometry: ConvGeometry, compress: Compress) -> Tensor:
-        t = compress(x.detach())
+        save_tucker(ctx, weight, compress(x.detach()))
         ctx.geometry, ctx.x_shape, ctx.weight_shape = geometry, x.shape, weight.shape
-        ctx.save_for_backward(weight if ctx.needs_input_grad[0] else None, t.core, *t.factors)
         return geometry.output(x, weight, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dy: Tensor):
-        weight, core, *factors = ctx.saved_tensors
+        weight, x = saved_tucker(ctx)
         g = ctx.geometry
         dx = g.input_grad(ctx.x_shape, weight, dy) if ctx.needs_input_grad[0] else None
         dw = None
         if ctx.needs_input_grad[1]:
-            dw = tucker_conv_weight_grad(Tucker(core, tuple(factors)), dy, ctx.weight_shape, g)
+            dw = tucker_conv_weight_grad(x, dy, ctx.weight_shape, g)
         db = dy.sum((0, 2, 3)) if ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None
 

@@ -12,7 +12,7 @@ from tensorly.tenalg import multi_mode_dot
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from .conv import Compress
+from .conv import Compress, save_tucker, saved_tucker
 from .decompose import Tucker
 
 
@@ -53,18 +53,15 @@ class TuckerLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
                 compress: Compress) -> Tensor:
-        t = compress(x.detach())
-        ctx.save_for_backward(weight if ctx.needs_input_grad[0] else None, t.core, *t.factors)
+        save_tucker(ctx, weight, compress(x.detach()))
         return F.linear(x, weight, bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dy: Tensor):
-        weight, core, *factors = ctx.saved_tensors
+        weight, x = saved_tucker(ctx)
         dx = dy @ weight if ctx.needs_input_grad[0] else None
-        dw = None
-        if ctx.needs_input_grad[1]:
-            dw = tucker_linear_weight_grad(Tucker(core, tuple(factors)), dy)
+        dw = tucker_linear_weight_grad(x, dy) if ctx.needs_input_grad[1] else None
         db = _lead_sum(dy) if ctx.needs_input_grad[2] else None
         return dx, dw, db, None
 
