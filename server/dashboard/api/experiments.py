@@ -11,7 +11,14 @@ from sqlalchemy.orm import selectinload
 
 from common.config import ExperimentConfig
 from server.dashboard.cache import cached_json
-from server.dashboard.deps import PROBLEMS, Admin, ExperimentId, ServicesDep, SessionDep
+from server.dashboard.deps import (
+    PROBLEMS,
+    Admin,
+    ExperimentId,
+    Services,
+    ServicesDep,
+    SessionDep,
+)
 from server.dashboard.models import Experiment
 from server.dashboard.queries import experiment_out, get_experiment, get_run
 from server.dashboard.schemas import AttachedRun, ExperimentOut, LaunchRequest, RunOut
@@ -62,16 +69,27 @@ def delete_experiment(experiment_id: ExperimentId, services: ServicesDep) -> Res
     return Response(status_code=204)
 
 
+def _new_run(experiment_id: int, services: Services, request: LaunchRequest | None,
+             external: bool) -> tuple[RunOut, str]:
+    """A queued run on the requested engine (``LaunchRequest``'s default without a body).
+
+    The runner is given a run it starts itself; an external one waits for its reporter.
+    Returns the run as stored and its ingestion token.
+    """
+    engine = (request or LaunchRequest()).engine
+    run_id, token = services.runlog.create_run(experiment_id, engine, external=external)
+    if not external:
+        services.runner.submit(run_id, token)
+    with services.db.read() as session:
+        return RunOut.model_validate(get_run(session, run_id)), token
+
+
 @router.post("/{experiment_id}/launch", status_code=202, dependencies=Admin)
 def launch_experiment(
     experiment_id: ExperimentId, services: ServicesDep, request: Launch = None
 ) -> RunOut:
     """Queue a run; the runner starts ``edgefed run`` when a slot is free."""
-    engine = (request or LaunchRequest()).engine
-    run_id, token = services.runlog.create_run(experiment_id, engine, external=False)
-    services.runner.submit(run_id, token)
-    with services.db.read() as session:
-        return RunOut.model_validate(get_run(session, run_id))
+    return _new_run(experiment_id, services, request, external=False)[0]
 
 
 @router.post("/{experiment_id}/attach", status_code=201, dependencies=Admin)
@@ -79,9 +97,6 @@ def attach_run(
     experiment_id: ExperimentId, services: ServicesDep, request: Launch = None
 ) -> AttachedRun:
     """A run that an outside process feeds (``edgefed run ... --report-url --report-token``)."""
-    engine = (request or LaunchRequest()).engine
-    run_id, token = services.runlog.create_run(experiment_id, engine, external=True)
-    with services.db.read() as session:
-        run = RunOut.model_validate(get_run(session, run_id))
-    report_url = f"{services.settings.base_url}/api/runs/{run_id}/events"
+    run, token = _new_run(experiment_id, services, request, external=True)
+    report_url = f"{services.settings.base_url}/api/runs/{run.id}/events"
     return AttachedRun(run=run, report_url=report_url, report_token=token)
