@@ -23,6 +23,7 @@ from common.compression import (
     wrapped_layers,
 )
 from common.compression.conv import ConvGeometry, tucker_conv_weight_grad
+from common.compression.decompose import one_thread
 from common.compression.lean import pack_bits, unpack_bits
 from common.compression.linear import tucker_linear_weight_grad
 from common.compression.rank import eps_ranks, widen_free_modes
@@ -36,12 +37,10 @@ GEOMETRIES = [(1, 0, 1), (2, 1, 1), (1, (1, 2), 2), (2, (1, 2), 2), (2, 0, 2), (
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
+def single_thread():
     """Tiny tensors: one intra-op thread spares OpenMP barriers on busy shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
