@@ -75,6 +75,14 @@ def spy_tuckers(layer: nn.Module) -> list[Tucker]:
     return seen
 
 
+
+def wrapped_linear(method: str, eps: float) -> tuple[nn.Module, nn.Linear, nn.Linear]:
+    """(model, its wrapped 12 -> 5 Linear, an unwrapped copy of that Linear); seed 0 first."""
+    torch.manual_seed(0)
+    linear = nn.Linear(12, 5, dtype=DTYPE)
+    reference = copy.deepcopy(linear)
+    return wrap_last_layers(nn.Sequential(linear), method, 1, eps=eps), linear, reference
+
 # ---------------------------------------------------------------- full rank = vanilla
 
 @pytest.mark.parametrize("stride,padding,dilation", GEOMETRIES)
@@ -95,10 +103,7 @@ def test_full_rank_conv_equals_vanilla(kind, stride, padding, dilation):
 @pytest.mark.parametrize("method", ["svd", "hosvd", "asi"])
 @pytest.mark.parametrize("shape", [(7, 12), (4, 5, 12)])
 def test_full_rank_linear_equals_vanilla(shape, method):
-    torch.manual_seed(0)
-    linear = nn.Linear(12, 5, dtype=DTYPE)
-    reference = copy.deepcopy(linear)
-    model = wrap_last_layers(nn.Sequential(linear), method, 1, eps=1.0)
+    model, linear, reference = wrapped_linear(method, eps=1.0)
     x = torch.randn(shape, dtype=DTYPE)
     for g, w in zip(grads(model, linear, x), grads(reference, reference, x), strict=True):
         assert rel(g, w) < 1e-4
@@ -169,10 +174,7 @@ def test_truncated_conv_equals_reconstruction(kind, method, params):
 @pytest.mark.parametrize("method", ["svd", "hosvd", "asi"])
 @pytest.mark.parametrize("shape", [(16, 12), (4, 5, 12)])
 def test_truncated_linear_equals_reconstruction(shape, method):
-    torch.manual_seed(0)
-    linear = nn.Linear(12, 5, dtype=DTYPE)
-    reference = copy.deepcopy(linear)
-    model = wrap_last_layers(nn.Sequential(linear), method, 1, eps=0.7)
+    model, linear, reference = wrapped_linear(method, eps=0.7)
     seen = spy_tuckers(linear)
     x = torch.randn(shape, dtype=DTYPE)
     _, dw, _ = grads(model, linear, x)
