@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Subset, TensorDataset
+from torch.utils.data import TensorDataset
 
 from common.config import ExperimentConfig, Policy, load_config
-from common.data import labels_of, load_dataset, partition, setup_b_split, subsample
+from common.data import load_rows, partition, read_raw, setup_b_split, subsample
 from common.devices import Catalogue, DeviceProfile, assign_entries, load_catalogue
 from common.train import sgd
 
@@ -67,24 +67,35 @@ def trainable_sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
 
 @lru_cache(maxsize=4)
 def _client_partitions(
-    dataset: str, image_size: int, partitioner: str, alpha: float, classes_per_client: int,
-    seed: int, num_partitions: int,
-) -> tuple[TensorDataset, list[np.ndarray]]:
-    train, _ = load_dataset(dataset, image_size)
-    _, client_half = setup_b_split(labels_of(train), seed=seed)
-    parts = partition(labels_of(train)[client_half], num_partitions, partitioner, alpha,
+    dataset: str, partitioner: str, alpha: float, classes_per_client: int, seed: int,
+    num_partitions: int,
+) -> list[np.ndarray]:
+    """Training-set rows of every partition of the Setup-B client half (from the labels only)."""
+    labels = read_raw(dataset)[1]
+    _, client_half = setup_b_split(labels, seed=seed)
+    parts = partition(labels[client_half], num_partitions, partitioner, alpha,
                       classes_per_client, seed)
-    return train, [client_half[p] for p in parts]
+    return [client_half[p] for p in parts]
 
 
-def client_dataset(config: ExperimentConfig, partition_id: int, num_partitions: int) -> Subset:
-    """Partition ``partition_id`` of the Setup-B client half, capped at ``samples_per_client``."""
-    train, parts = _client_partitions(
-        config.dataset, config.image_size, config.partitioner, config.alpha,
-        config.classes_per_client, config.seed, num_partitions,
+def client_indices(config: ExperimentConfig, partition_id: int, num_partitions: int) -> np.ndarray:
+    """Training-set rows of partition ``partition_id`` of the Setup-B client half, capped at
+    ``samples_per_client`` (seeded with ``seed + partition_id``)."""
+    parts = _client_partitions(
+        config.dataset, config.partitioner, config.alpha, config.classes_per_client,
+        config.seed, num_partitions,
     )
-    indices = subsample(parts[partition_id], config.samples_per_client, config.seed + partition_id)
-    return Subset(train, indices.tolist())
+    return subsample(parts[partition_id], config.samples_per_client, config.seed + partition_id)
+
+
+def client_dataset(
+    config: ExperimentConfig, partition_id: int, num_partitions: int
+) -> TensorDataset:
+    """The rows of :func:`client_indices` as float tensors; only they are converted, so a
+    process holds the shared uint8 training set plus its own partition, not a float copy of
+    the whole set."""
+    rows = client_indices(config, partition_id, num_partitions)
+    return load_rows(config.dataset, rows, config.image_size)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 Images come back as float tensors ``(N, C, S, S)``, normalised per channel,
 x' = (x / 255 - mean_c) / std_c, at the requested side ``S``: sizes up to 4 px above the native
 side are zero-padded (Fashion-MNIST 28 -> 32 pads 2 px of black on each side, as LeNet did), any
-other size is resized bilinearly (antialiased when shrinking). Decoded arrays and finished
-tensors are cached per process, so 20 simulated clients share one copy.
+other size is resized bilinearly (antialiased when shrinking). The conversion is row-wise, so
+:func:`load_rows` converts just the rows a client needs and equals the same rows of
+:func:`load_dataset` bit for bit. Decoded uint8 arrays and finished full sets are cached per
+process, so 20 simulated clients share one copy.
 
 Sources, in order: the folder passed as ``root``; the system copy (Debian's
 ``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``); the download cache
@@ -215,6 +217,8 @@ def to_tensor(
     3 (``channels=3``) for RGB models. Works in chunks so no float copy of the full-size array is
     made besides the result.
     """
+    if image_size < 1:
+        raise ValueError(f"image_size: must be positive, got {image_size}")
     channels = spec.channels if channels is None else channels
     if channels != spec.channels and not (spec.channels == 1 and channels == 3):
         raise ValueError(
@@ -252,14 +256,27 @@ def load_dataset(
 
     ``channels`` defaults to the dataset's own (1 for Fashion-MNIST, 3 for CIFAR).
     """
-    if image_size < 1:
-        raise ValueError(f"image_size: must be positive, got {image_size}")
     spec = dataset_spec(name)
     train_x, train_y, test_x, test_y = read_raw(name, None if root is None else str(root))
     return (
         TensorDataset(to_tensor(train_x, spec, image_size, channels), torch.from_numpy(train_y)),
         TensorDataset(to_tensor(test_x, spec, image_size, channels), torch.from_numpy(test_y)),
     )
+
+
+def load_rows(
+    name: str, rows: np.ndarray, image_size: int = 32, train: bool = True,
+    root: str | None = None, channels: int | None = None,
+) -> TensorDataset:
+    """Rows ``rows`` (in that order) of the training set (or the test set, ``train=False``) as
+    ``TensorDataset(images, labels)``: ``load_dataset(...)[split][rows]`` exactly, but only
+    these rows are converted to float; the decoded uint8 set is shared through :func:`read_raw`.
+    """
+    train_x, train_y, test_x, test_y = read_raw(name, None if root is None else str(root))
+    images, labels = (train_x, train_y) if train else (test_x, test_y)
+    rows = np.asarray(rows, np.int64)
+    return TensorDataset(to_tensor(images[rows], dataset_spec(name), image_size, channels),
+                         torch.from_numpy(labels[rows]))
 
 
 def labels_of(dataset: TensorDataset) -> np.ndarray:

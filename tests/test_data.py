@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from client.task import DEFAULT_EXPERIMENT, client_dataset, client_indices
 from common import data
+from common.config import load_config
 
 FMNIST = data.SPECS["fashion-mnist"]
 
@@ -89,6 +91,36 @@ def test_fashion_mnist_from_a_folder(tmp_path: Path) -> None:
     data.read_raw.cache_clear()
     with pytest.raises(FileNotFoundError, match=f"root: {tmp_path}.*t10k-labels"):
         data.read_raw("fashion-mnist", str(tmp_path))
+
+
+@pytest.mark.parametrize(("size", "channels"), [(28, 1), (31, 1), (32, 1), (48, 1), (32, 3)])
+def test_load_rows_equals_the_rows_of_the_full_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, channels: int
+) -> None:
+    _fake_fashion_mnist(tmp_path)
+    monkeypatch.setattr(data, "CHUNK", 16)  # the full set converts in 3 chunks, the rows in 1
+    train, test = data.load_dataset("fashion-mnist", size, root=str(tmp_path), channels=channels)
+    rows = np.array([37, 3, 3, 20, 0, 16])  # order and repeats are kept
+    for split, full in ((True, train), (False, test)):
+        picked = rows % len(full)
+        got = data.load_rows("fashion-mnist", picked, size, split, str(tmp_path), channels)
+        assert torch.equal(got.tensors[0], full.tensors[0][picked])  # bit for bit
+        assert torch.equal(got.tensors[1], full.tensors[1][picked])
+
+
+def test_client_dataset_is_its_partition_rows_without_the_full_float_set() -> None:
+    config = load_config(DEFAULT_EXPERIMENT)  # dirichlet, 32 px, 256 samples per client
+    data.load_dataset.cache_clear()
+    datasets = [client_dataset(config, pid, config.num_clients) for pid in (0, 7)]
+    assert data.load_dataset.cache_info().currsize == 0  # no float copy of the whole set
+    train, _ = data.load_dataset(config.dataset, config.image_size)
+    _, client_half = data.setup_b_split(data.labels_of(train), config.seed)
+    rows = [client_indices(config, pid, config.num_clients) for pid in (0, 7)]
+    assert len(np.intersect1d(*rows)) == 0
+    for picked, got in zip(rows, datasets, strict=True):
+        assert len(picked) == config.samples_per_client and set(picked) <= set(client_half)
+        assert torch.equal(got.tensors[0], train.tensors[0][picked])
+        assert torch.equal(got.tensors[1], train.tensors[1][picked])
 
 
 def test_cifar10_from_a_folder(tmp_path: Path) -> None:
