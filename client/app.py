@@ -8,8 +8,9 @@ measured. Every failure a real device would have is an error reply the server re
 ``DROPPED`` (offline this round) and ``OOM`` ("out of memory: needs X bytes, budget Y").
 
 Simulated device time of a round:  t = steps * FLOPs(step) / flops + 8 * (down + up) / bandwidth,
-with FLOPs(step) counted by ``torch.utils.flop_counter.FlopCounterMode`` on the measured step
-and the model's bytes sent down and up once.
+with FLOPs(step) counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward and
+backward of the chosen configuration, and the model's bytes sent down and up once. The measured
+first step (``common.memory.StepProbe``) is the first of the ``local_steps`` training steps.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from client.task import (
 from common.compression import layer_ranks, wrap_last_layers
 from common.config import ExperimentConfig
 from common.devices import load_catalogue
-from common.memory import MemoryReport, fits, measure
+from common.memory import OutOfBudget, StepProbe
 from common.train import evaluate as evaluate_model
 from common.train import initial_model
 from common.train import train as train_model
@@ -44,7 +45,7 @@ from common.train import train as train_model
 MAX_PLANS = 4
 app = ClientApp()
 _planners: dict[str, Planner] = {}
-_step_flops: dict[Candidate, int] = {}
+_step_flops_of: dict[Candidate, int] = {}
 
 
 def _planner(config: ExperimentConfig) -> Planner:
@@ -78,18 +79,18 @@ def _model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def _first_step(
+def _step_flops(
     candidate: Candidate, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-    loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-) -> tuple[MemoryReport, int]:
-    """The measured first step, and its FLOPs, counted once per candidate and process: they
-    depend on shapes and ranks only, and ranks barely move between rounds (WASI)."""
-    if candidate in _step_flops:
-        return measure(model, *batch, loss_fn, optimizer), _step_flops[candidate]
-    with FlopCounterMode(display=False) as counter:
-        report = measure(model, *batch, loss_fn, optimizer)
-    _step_flops[candidate] = counter.get_total_flops()
-    return report, _step_flops[candidate]
+    loss_fn: nn.Module,
+) -> int:
+    """FLOPs of one forward + backward, counted once per candidate and process: they depend
+    on shapes and ranks only, and ranks barely move between rounds (WASI)."""
+    if candidate not in _step_flops_of:
+        with FlopCounterMode(display=False) as counter:
+            loss_fn(model(batch[0]), batch[1]).backward()
+        model.zero_grad(set_to_none=True)
+        _step_flops_of[candidate] = counter.get_total_flops()
+    return _step_flops_of[candidate]
 
 
 @app.query()
@@ -113,31 +114,34 @@ def train(msg: Message, context: Context) -> Message:
     model = _global_model(config, msg)
     data = client_dataset(config, node.partition_id, node.num_partitions)
     generator = torch.Generator().manual_seed(config.seed * 100_003 + server_round)
-    probe = next(iter(DataLoader(data, batch_size=config.batch_size, shuffle=True,
-                                 generator=generator)))
+    probe_batch = next(iter(DataLoader(data, batch_size=config.batch_size, shuffle=True,
+                                       generator=generator)))
     planner = _planner(config)
-    loss_fn = nn.CrossEntropyLoss()
-    for _ in range(MAX_PLANS):  # a fit pick found over budget here is re-planned around
-        plan = planner.plan(node.device, model, probe, node.policy, verify=False)
+    mu = float(msg.content["config"].get("proximal-mu", 0.0))
+    for attempt in range(MAX_PLANS):  # a fit pick found over budget is re-planned around
+        plan = planner.plan(node.device, model, probe_batch, node.policy, verify=False)
         if not plan.fits:
             return Message(Error(replies.OOM, plan.reason), reply_to=msg)
         chosen = plan.chosen
+        if attempt:  # the failed first step changed the weights
+            model = _global_model(config, msg)
         wrapped = wrap_last_layers(model, chosen.method, chosen.last_k, **chosen.wrap_kwargs())
-        optimizer = trainable_sgd(wrapped, config.lr)
-        batch = (probe[0][: chosen.batch_size], probe[1][: chosen.batch_size])
-        report, step_flops = _first_step(chosen, wrapped, batch, loss_fn, optimizer)
-        planner.record(chosen, report.training_bytes)
-        if fits(report, node.device.budget_bytes) or node.policy == "fixed":
+        batch = (probe_batch[0][: chosen.batch_size], probe_batch[1][: chosen.batch_size])
+        step_flops = _step_flops(chosen, wrapped, batch, nn.CrossEntropyLoss())
+        loader = DataLoader(data, batch_size=chosen.batch_size, shuffle=True,
+                            generator=generator)
+        try:
+            stats = train_model(wrapped, loader, trainable_sgd(wrapped, config.lr),
+                                epochs=config.local_epochs, max_steps=config.local_steps,
+                                proximal_mu=mu,
+                                probe=StepProbe(wrapped, node.device.budget_bytes))
             break
-    if not fits(report, node.device.budget_bytes):
-        reason = (f"out of memory: needs {report.training_bytes} bytes, "
-                  f"budget {node.device.budget_bytes}")
-        return Message(Error(replies.OOM, reason), reply_to=msg)
-    optimizer.zero_grad(set_to_none=True)
-    loader = DataLoader(data, batch_size=chosen.batch_size, shuffle=True, generator=generator)
-    mu = float(msg.content["config"].get("proximal-mu", 0.0))
-    stats = train_model(wrapped, loader, optimizer, epochs=config.local_epochs,
-                        max_steps=config.local_steps, proximal_mu=mu)
+        except OutOfBudget as oom:
+            planner.record(chosen, oom.report.training_bytes)
+            if node.policy == "fixed" or attempt == MAX_PLANS - 1:
+                return Message(Error(replies.OOM, str(oom)), reply_to=msg)
+    report = stats.first_step
+    planner.record(chosen, report.training_bytes)
     model_bytes = _model_bytes(model)
     sim_time = node.device.device_seconds(step_flops * stats.steps, model_bytes, model_bytes)
     metrics = MetricRecord({

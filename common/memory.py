@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import copy
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, computed_field
@@ -157,10 +158,9 @@ class LiveTensors(TorchDispatchMode):
         return out
 
 
-def _with_input_bytes(
-    model: nn.Module, run: Callable[[], torch.Tensor]
-) -> tuple[torch.Tensor, Bytes]:
-    """``run()`` and the input bytes its forward fed to trainable Conv2d/Linear layers."""
+@contextmanager
+def _input_bytes(model: nn.Module) -> Iterator[list[int]]:
+    """Collects the input bytes the forward feeds to trainable Conv2d/Linear layers."""
     seen: list[int] = []
 
     def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -172,7 +172,7 @@ def _with_input_bytes(
         if isinstance(m, nn.Conv2d | nn.Linear) and m.weight.requires_grad
     ]
     try:
-        return run(), sum(seen)
+        yield seen
     finally:
         for handle in handles:
             handle.remove()
@@ -187,6 +187,93 @@ def _optimizer_state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Ten
     ]
 
 
+class OutOfBudget(RuntimeError):
+    """A measured step needed more training memory than the device's budget."""
+
+    def __init__(self, report: MemoryReport, budget_bytes: Bytes) -> None:
+        super().__init__(f"out of memory: needs {report.training_bytes} bytes, "
+                         f"budget {budget_bytes}")
+        self.report = report
+        self.budget_bytes = budget_bytes
+
+
+class StepProbe:
+    """Measures one training step from inside a training loop, the step staying applied::
+
+        probe = StepProbe(model)
+        with probe.forward(inputs):
+            loss = loss_fn(model(inputs), targets)
+        loss.backward()
+        probe.after_backward()
+        optimizer.step()
+        report = probe.after_step(optimizer)
+
+    Gradients are counted after the backward, optimizer state after the step (without an
+    optimizer: one SGD-momentum buffer per trainable parameter). With ``budget_bytes``,
+    ``after_step`` raises :class:`OutOfBudget` when ``training_bytes`` exceed it, as a device
+    would fail at its first step.
+    """
+
+    def __init__(self, model: nn.Module, budget_bytes: Bytes | None = None) -> None:
+        self.model = model
+        self.budget_bytes = budget_bytes
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self._exclude = _model_pointers(model)
+        self._fields: dict[str, int] = {}
+
+    @contextmanager
+    def forward(self, inputs: torch.Tensor) -> Iterator[None]:
+        """Wrap the forward and loss: saved tensors, forward peak and layer inputs."""
+        live = LiveTensors(self._exclude | {inputs.untyped_storage().data_ptr()})
+        with SavedTensors(self._exclude) as saved, live, _input_bytes(self.model) as seen:
+            yield
+        self._fields.update(
+            batch_size=len(inputs),
+            activation_bytes=saved.nbytes,
+            compressed_bytes=(wrapped_compressed_bytes(self.model)
+                              if wrapped_layers(self.model) else sum(seen)),
+            peak_forward_bytes=live.peak + storage_bytes([inputs]),
+        )
+
+    def after_backward(self) -> None:
+        self._fields["grad_bytes"] = storage_bytes(
+            p.grad for p in self.trainable if p.grad is not None)
+
+    def after_step(self, optimizer: torch.optim.Optimizer | None = None) -> MemoryReport:
+        """The step's report (raises :class:`OutOfBudget` over ``budget_bytes``)."""
+        state = self.trainable if optimizer is None else _optimizer_state_tensors(optimizer)
+        report = MemoryReport(
+            **self._fields,
+            optimizer_bytes=storage_bytes(state),
+            param_bytes=storage_bytes(self.model.parameters()),
+            trainable_param_bytes=storage_bytes(self.trainable),
+        )
+        if self.budget_bytes is not None and not fits(report, self.budget_bytes):
+            raise OutOfBudget(report, self.budget_bytes)
+        return report
+
+
+@contextmanager
+def _restored(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Iterator[None]:
+    """Put parameters, buffers, gradients, optimizer state and the RNG back afterwards."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    saved_weights = {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()}
+    saved_grads = [p.grad for p in trainable]
+    saved_optimizer = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+    for p in trainable:
+        p.grad = None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        with torch.no_grad():
+            model.load_state_dict(saved_weights)
+        for p, grad in zip(trainable, saved_grads, strict=True):
+            p.grad = grad
+        if optimizer is not None:
+            optimizer.load_state_dict(saved_optimizer)
+
+
 def measure(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -198,45 +285,17 @@ def measure(
 
     The model is used in whatever train/eval mode the caller set.
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    saved_weights = {k: v.clone() for k, v in model.state_dict(keep_vars=False).items()}
-    saved_grads = [p.grad for p in trainable]
-    saved_optimizer = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
-    for p in trainable:
-        p.grad = None
-    exclude = _model_pointers(model)
-    live = LiveTensors(exclude | {inputs.untyped_storage().data_ptr()})
-    try:
-        with torch.random.fork_rng(devices=[]), SavedTensors(exclude) as saved, live:
-            loss, plain_bytes = _with_input_bytes(model, lambda: loss_fn(model(inputs), targets))
+    probe = StepProbe(model)
+    with _restored(model, optimizer):
+        with probe.forward(inputs):
+            loss = loss_fn(model(inputs), targets)
         if loss.requires_grad:
             loss.backward()
         del loss
-        grad_bytes = storage_bytes(p.grad for p in trainable if p.grad is not None)
-        if optimizer is None:
-            optimizer_bytes = storage_bytes(trainable)
-        else:
-            optimizer.step()
-            optimizer_bytes = storage_bytes(_optimizer_state_tensors(optimizer))
-    finally:
-        with torch.no_grad():
-            model.load_state_dict(saved_weights)
-        for p, grad in zip(trainable, saved_grads, strict=True):
-            p.grad = grad
+        probe.after_backward()
         if optimizer is not None:
-            optimizer.load_state_dict(saved_optimizer)
-    return MemoryReport(
-        batch_size=len(inputs),
-        activation_bytes=saved.nbytes,
-        compressed_bytes=(
-            wrapped_compressed_bytes(model) if wrapped_layers(model) else plain_bytes
-        ),
-        param_bytes=storage_bytes(model.parameters()),
-        trainable_param_bytes=storage_bytes(trainable),
-        grad_bytes=grad_bytes,
-        optimizer_bytes=optimizer_bytes,
-        peak_forward_bytes=live.peak + storage_bytes([inputs]),
-    )
+            optimizer.step()
+        return probe.after_step(optimizer)
 
 
 def fits(report: MemoryReport, budget_bytes: int) -> bool:

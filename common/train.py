@@ -27,6 +27,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from common.compression import layer_ranks, wrap_last_layers
 from common.config import CompressionConfig, ExperimentConfig
 from common.data import cache_dir, dataset_spec, labels_of, load_dataset, setup_b_split, subsample
-from common.memory import MemoryReport, format_bytes, measure
+from common.memory import MemoryReport, StepProbe, format_bytes, measure
 from common.models import build_model
 
 MOMENTUM = 0.9
@@ -65,6 +66,7 @@ class TrainResult:
     accuracy: float
     examples: int
     steps: int
+    first_step: MemoryReport | None = None
 
 
 def sgd(params: Iterable[nn.Parameter], lr: float) -> torch.optim.SGD:
@@ -107,6 +109,7 @@ def train(
     freeze_batchnorm: bool = True,
     seed: int = 0,
     on_step: StepCallback | None = None,
+    probe: StepProbe | None = None,
 ) -> TrainResult:
     """Train ``model`` in place for ``epochs`` passes over ``data``, at most ``max_steps`` steps.
 
@@ -114,7 +117,8 @@ def train(
     ``optimizer`` defaults to Setup B's SGD with ``lr`` over the trainable parameters; a given
     optimizer keeps its own settings, its learning rate follows the cosine schedule during the
     call and is put back afterwards. ``global_params``: FedProx anchor, one tensor per trainable
-    parameter (default: their values at the start).
+    parameter (default: their values at the start). ``probe`` measures the first step, which
+    stays a normal training step (``TrainResult.first_step``; it raises ``OutOfBudget`` there).
     """
     if epochs < 1:
         raise ValueError(f"epochs: must be at least 1, got {epochs}")
@@ -143,18 +147,25 @@ def train(
     else:
         model.train()
     loss_sum, correct, seen, step = 0.0, 0, 0, 0
+    first_step = None
     try:
         while step < total:
             for inputs, targets in loader:
-                logits = model(inputs)
-                loss = F.cross_entropy(logits, targets)
+                measured = probe if step == 0 else None
+                optimizer.zero_grad(set_to_none=True)
+                with measured.forward(inputs) if measured else nullcontext():
+                    logits = model(inputs)
+                    loss = F.cross_entropy(logits, targets)
                 objective = loss
                 if anchor is not None:
                     objective = loss + proximal_mu / 2 * proximal_term(params, anchor)
-                optimizer.zero_grad(set_to_none=True)
                 objective.backward()
+                if measured:
+                    measured.after_backward()
                 nn.utils.clip_grad_norm_(params, CLIP_NORM)
                 optimizer.step()
+                if measured:
+                    first_step = measured.after_step(optimizer)
                 schedule.step()
                 step += 1
                 loss_sum += loss.item() * len(targets)
@@ -167,7 +178,7 @@ def train(
     finally:
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base
-    return TrainResult(loss_sum / seen, correct / seen, seen, step)
+    return TrainResult(loss_sum / seen, correct / seen, seen, step, first_step)
 
 
 @torch.no_grad()

@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from common.compression import wrap_last_layers
-from common.memory import MemoryReport, fits, format_bytes, measure
+from common.memory import MemoryReport, OutOfBudget, StepProbe, fits, format_bytes, measure
 from common.models import build_model
+from common.train import batchnorm_eval, sgd, train
 
 F32 = 4
 
@@ -162,3 +164,29 @@ def test_fits_and_format() -> None:
     assert format_bytes(512) == "512 B" and format_bytes(1536) == "1.5 KiB"
     assert format_bytes(3 * 2**30) == "3.0 GiB"
     assert report.model_dump()["total_bytes"] == report.total_bytes
+
+
+def _hosvd_model() -> nn.Module:
+    torch.manual_seed(0)
+    return batchnorm_eval(wrap_last_layers(build_model("mobilenetv2"), "hosvd", 4, eps=0.8))
+
+
+def test_first_training_step_is_measured_like_measure(batch: tuple) -> None:
+    """StepProbe inside ``train`` reports what ``measure`` finds for the same step, and the
+    step stays applied (the weights moved)."""
+    model = _hosvd_model()
+    optimizer = sgd([p for p in model.parameters() if p.requires_grad], 0.05)
+    expected = measure(model, *batch, nn.CrossEntropyLoss(), optimizer)
+    before = model.classifier[-1].weight.clone()
+    loader = DataLoader(TensorDataset(*batch), batch_size=len(batch[1]))
+    result = train(model, loader, optimizer, max_steps=1, probe=StepProbe(model))
+    assert result.first_step == expected
+    assert not torch.equal(before, model.classifier[-1].weight)
+
+
+def test_first_step_over_budget_raises_out_of_budget(batch: tuple) -> None:
+    model = _hosvd_model()
+    loader = DataLoader(TensorDataset(*batch), batch_size=8)
+    with pytest.raises(OutOfBudget, match=r"out of memory: needs \d+ bytes, budget 1024") as err:
+        train(model, loader, max_steps=2, probe=StepProbe(model, budget_bytes=1024))
+    assert err.value.report.training_bytes > 1024
