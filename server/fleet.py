@@ -3,16 +3,21 @@
 ``up`` starts the SuperLink, then per partition one ``flower-supernode`` with node-config
 ``partition-id``, ``num-partitions`` and ``device`` (the profile assigned by
 :func:`common.devices.assign_devices`) in ``--isolation process`` mode, plus its app runtime,
-``flower-superexec``, which starts one ``flwr-clientapp`` process per run. The app runtime (and
-so every ClientApp it starts) runs under the profile's ``ram_bytes`` (see :mod:`server.procs` for
-cgroup vs rlimit); the SuperNode, the node's link to the SuperLink, stays outside the limit, so a
-ClientApp killed for exceeding it is reported by its SuperNode as an error reply ("ClientApp
-stopped responding") and the node stays in the federation. The fleet is recorded in
+``flower-superexec``, which starts one ``flwr-clientapp`` process per message. Every ClientApp
+runs under the profile's ``ram_bytes`` (see :mod:`server.procs` for cgroup vs rlimit): the app
+runtime finds ``flwr-clientapp`` first on its PATH in the node's ``bin`` folder, a launcher that
+enters the limit and execs the real one (the loopback twin of ``deploy/device/flwr-clientapp``
+in the compose fleet). The SuperNode and its app runtime, the node's link to the SuperLink, stay
+outside the limit: a ClientApp killed for exceeding it is reported by its SuperNode as an error
+reply ("ClientApp stopped responding.", once its heartbeat expires) and the node goes on serving
+later messages. (With the app runtime inside the limit, the OOM killer could pick it instead; its
+node's messages were then never claimed and never answered.) The fleet is recorded in
 ``<dir>/fleet.json`` so that ``down`` and ``status`` work from another process.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from common.devices import DeviceProfile
 from server import procs
 
 STATE_FILE = "fleet.json"
+CLIENTAPP = "flwr-clientapp"  # what the app runtime starts, by name, for each message
 READY_TIMEOUT_S = 60.0
 SUPERLINK_ENV = "EDGEFED_SUPERLINK"  # host:port of a running SuperLink to attach runs to
 ROOT_CERTIFICATES_ENV = "EDGEFED_SUPERLINK_ROOT_CERTIFICATES"  # its CA (PEM) when it runs TLS
@@ -34,7 +40,7 @@ class FleetNode(BaseModel):
     partition_id: int
     device: str
     supernode: procs.ManagedProcess
-    process: procs.ManagedProcess  # flower-superexec and its ClientApps, under the limit
+    process: procs.ManagedProcess  # flower-superexec; its ClientApps run under the limit
 
 
 class FleetState(BaseModel):
@@ -173,7 +179,8 @@ def attach(directory: Path, address: str, root_certificates: str | None = None) 
 
 
 def up(directory: Path, devices: list[DeviceProfile]) -> FleetState:
-    """SuperLink + one memory-limited SuperNode per device (partition ``i`` = ``devices[i]``)."""
+    """SuperLink + one SuperNode per device (partition ``i`` = ``devices[i]``) whose ClientApps
+    run under the device's ``ram_bytes``."""
     state = start_superlink(directory, simulation=False)
     env = procs.flower_env(Path(state.flwr_home))
     for pid, device in enumerate(devices):
@@ -182,8 +189,12 @@ def up(directory: Path, devices: list[DeviceProfile]) -> FleetState:
         log = directory / "nodes" / f"node-{pid}.log"
         supernode = procs.spawn(f"supernode-{pid}", supernode_cmd(state.address, port, node_config),
                                 log, env, cwd=directory)
-        runtime = procs.spawn(f"node-{pid}", superexec_cmd(port, supernode.pid), log, env,
-                              limit_bytes=device.ram_bytes, group=state.group, cwd=directory)
+        limit = procs.memory_limit(state.group, f"node-{pid}", device.ram_bytes)
+        launchers = procs.write_launcher(directory / "nodes" / f"node-{pid}" / "bin", CLIENTAPP,
+                                         limit)
+        runtime_env = {**env, "PATH": f"{launchers}{os.pathsep}{env['PATH']}"}
+        runtime = procs.spawn(f"node-{pid}", superexec_cmd(port, supernode.pid), log,
+                              runtime_env, limit=limit, cwd=directory)
         state.nodes.append(FleetNode(partition_id=pid, device=device.name, supernode=supernode,
                                      process=runtime))
         save(directory, state)

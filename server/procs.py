@@ -1,11 +1,17 @@
-"""Processes edgefed starts: spawn under a memory limit, find their descendants, stop them by pid.
+"""Processes edgefed starts: spawn them, put what they launch under a memory limit, find their
+descendants, stop them by pid.
 
-Memory limits (per emulated device, covering the SuperNode and every process it forks):
+Memory limits (per emulated device, covering the ClientApps its app runtime launches):
 - ``cgroup``: a cgroup-v1 memory group ``/sys/fs/cgroup/memory/edgefed/<group>/<node>`` with
-  ``memory.limit_in_bytes`` = the profile's ``ram_bytes``; the child joins it before exec, so the
-  kernel's OOM killer enforces the limit on the node's whole process tree.
+  ``memory.limit_in_bytes`` = the profile's ``ram_bytes``; the kernel's OOM killer enforces the
+  limit on every process in it.
 - ``rlimit``: where no writable cgroup-v1 memory hierarchy exists, ``RLIMIT_DATA`` (heap and
-  private mappings) per process, inherited by the children, set in the child before exec.
+  private mappings) per process.
+
+A process enters the limit through a launcher (:func:`write_launcher`): a shell script named like
+the tool it stands for (``flwr-clientapp``) that joins the cgroup (or sets the rlimit) and execs
+the real tool. Put first on the PATH of a program that starts the tool by name, it limits what
+that program launches and not the program itself.
 """
 
 from __future__ import annotations
@@ -13,14 +19,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import resource
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -40,13 +46,21 @@ class ManagedProcess(BaseModel):
     create_time: float
     cmd: list[str]
     log: str
-    limit: LimitKind = "none"
+    limit: LimitKind = "none"  # of what it launches (see spawn)
     limit_bytes: int | None = None
     cgroup: str | None = None
 
     def alive(self) -> bool:
         proc = _process(self)
         return proc is not None and proc.status() != psutil.STATUS_ZOMBIE
+
+
+class MemoryLimit(BaseModel):
+    """A memory limit of ``limit_bytes`` by ``kind``; ``cgroup`` is its group's path."""
+
+    kind: LimitKind
+    limit_bytes: int
+    cgroup: str | None = None
 
 
 def free_port() -> int:
@@ -101,6 +115,30 @@ def make_cgroup(group: str, name: str, limit_bytes: int) -> Path:
     return path
 
 
+def memory_limit(group: str, name: str, limit_bytes: int) -> MemoryLimit:
+    """A new limit of ``limit_bytes``: the cgroup ``edgefed/<group>/<name>`` where possible."""
+    if limit_kind() == "cgroup":
+        return MemoryLimit(kind="cgroup", limit_bytes=limit_bytes,
+                           cgroup=str(make_cgroup(group, name, limit_bytes)))
+    return MemoryLimit(kind="rlimit", limit_bytes=limit_bytes)
+
+
+def write_launcher(directory: Path, tool: str, limit: MemoryLimit) -> Path:
+    """Write ``directory/<tool>``: ``sh`` that enters ``limit``, then execs the real ``tool``
+    (:func:`which`) with its arguments; returns ``directory``, to put first on a PATH."""
+    if limit.kind == "cgroup":
+        enter = f"echo $$ > {shlex.quote(f'{limit.cgroup}/cgroup.procs')}"
+    else:  # sh's ulimit -d counts KiB
+        enter = f"ulimit -d {limit.limit_bytes // 1024}"
+    directory.mkdir(parents=True, exist_ok=True)
+    launcher = directory / tool
+    launcher.write_text(f"#!/bin/sh\n# {tool} under a {limit.limit_bytes}-byte {limit.kind} "
+                        f"memory limit (written by edgefed)\n{enter} || exit 1\n"
+                        f'exec {shlex.quote(which(tool))} "$@"\n')
+    launcher.chmod(0o755)
+    return directory
+
+
 def remove_cgroup(path: str | Path, timeout: float = 10.0) -> None:
     """Remove an (emptied) cgroup and its parents once they are empty."""
     path = Path(path)
@@ -117,29 +155,18 @@ def remove_cgroup(path: str | Path, timeout: float = 10.0) -> None:
             parent.rmdir()
 
 
-def _preexec(limit: LimitKind, limit_bytes: int | None, cgroup: Path | None) -> Callable[[], None]:
-    def enter_limit() -> None:
-        if limit == "cgroup" and cgroup is not None:
-            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-        elif limit == "rlimit" and limit_bytes is not None:
-            resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
-
-    return enter_limit
-
-
 def spawn(
     role: str,
     cmd: list[str],
     log: Path,
     env: dict[str, str],
     *,
-    limit_bytes: int | None = None,
-    group: str = "",
+    limit: MemoryLimit | None = None,
     cwd: Path | None = None,
 ) -> ManagedProcess:
-    """Start ``cmd`` in its own session, output to ``log``, under ``limit_bytes`` if given."""
-    kind: LimitKind = "none" if limit_bytes is None else limit_kind()
-    cgroup = make_cgroup(group, role, limit_bytes) if kind == "cgroup" and limit_bytes else None
+    """Start ``cmd`` in its own session, output to ``log``. ``limit`` is the one its launches
+    enter (through :func:`write_launcher`s on ``env``'s PATH): recorded, so that :func:`stop`
+    stops the members of its cgroup too and removes it."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         popen = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
@@ -150,7 +177,6 @@ def spawn(
             env=env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_preexec(kind, limit_bytes, cgroup),  # noqa: PLW1509
         )
     return ManagedProcess(
         role=role,
@@ -158,9 +184,9 @@ def spawn(
         create_time=psutil.Process(popen.pid).create_time(),
         cmd=cmd,
         log=str(log),
-        limit=kind,
-        limit_bytes=limit_bytes,
-        cgroup=str(cgroup) if cgroup else None,
+        limit=limit.kind if limit else "none",
+        limit_bytes=limit.limit_bytes if limit else None,
+        cgroup=limit.cgroup if limit else None,
     )
 
 
