@@ -14,6 +14,7 @@ A client failure never stops the run: error replies are recorded and left out of
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -38,21 +39,45 @@ from client import replies
 from client.task import experiment, settings_of
 from common.config import ExperimentConfig
 from common.devices import assign_entries
-from common.events import ClientResult, RoundResult
+from common.events import ClientResult, RoundResult, RunState
 from common.train import evaluate as evaluate_model
 from server.report import Reporter
 from server.task import pretrained_model, test_dataset
 
 NODE_WAIT_S = 600.0
+STATUS_EVERY_S = 5.0
 
 log = logging.getLogger(__name__)
 app = ServerApp()
 
 
-def wait_for_nodes(grid: Grid, expected: int, timeout: float = NODE_WAIT_S) -> list[int]:
+class StatusLine:
+    """What the run is doing between events, as throttled ``running`` state events (at most one
+    per ``every_s`` unless forced): pretraining steps, node registration, each round's start.
+    The dashboard shows the latest as the run's message."""
+
+    def __init__(self, reporter: Reporter, every_s: float = STATUS_EVERY_S) -> None:
+        self.reporter = reporter
+        self.every_s = every_s
+        self._last = -math.inf
+
+    def __call__(self, message: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.every_s:
+            self._last = now
+            self.reporter.emit(state=RunState(status="running", message=message))
+
+    def pretrain_step(self, step: int, total: int, loss: float) -> None:
+        self(f"pretraining on the server's half: step {step}/{total}, loss {loss:.3f}")
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float = NODE_WAIT_S,
+                   status: StatusLine | None = None) -> list[int]:
     """Poll ``grid.get_node_ids()`` until ``expected`` nodes registered (or ``timeout``)."""
     deadline = time.monotonic() + timeout
     while len(nodes := sorted(grid.get_node_ids())) < expected and time.monotonic() < deadline:
+        if status is not None:
+            status(f"waiting for nodes: {len(nodes)} of {expected} registered")
         time.sleep(0.5)
     if len(nodes) < expected:
         log.warning("only %d of %d nodes registered after %.0f s", len(nodes), expected, timeout)
@@ -118,8 +143,9 @@ class Reporting:
     num_ok: int = 0
     num_failed: int = 0
 
-    def attach(self, reporter: Reporter, directory: NodeDirectory) -> Reporting:
-        self.reporter, self.directory = reporter, directory
+    def attach(self, reporter: Reporter, directory: NodeDirectory,
+               status: StatusLine) -> Reporting:
+        self.reporter, self.directory, self.status = reporter, directory, status
         self._sent: dict[str, list[int]] = {}
         return self
 
@@ -127,6 +153,7 @@ class Reporting:
                         grid: Grid) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sent["train"] = [m.metadata.dst_node_id for m in messages]
+        self.status(f"round {server_round}: {len(messages)} clients training", force=True)
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -212,12 +239,15 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(config.seed)
     reporter = Reporter(settings.run_id, settings.out_dir, settings.report_url,
                         settings.report_token)
+    status = StatusLine(reporter)
     try:
-        model = pretrained_model(config)
+        status("pretraining on the server's half (or loading its cached checkpoint)", force=True)
+        model = pretrained_model(config, on_step=status.pretrain_step)
         test_loader = DataLoader(test_dataset(config), batch_size=256)
-        nodes = wait_for_nodes(grid, config.num_clients)
+        nodes = wait_for_nodes(grid, config.num_clients, status=status)
+        status(f"asking {len(nodes)} nodes which device they are", force=True)
         strategy = make_strategy(config, len(nodes))
-        strategy.attach(reporter, NodeDirectory.ask(grid, config, nodes))
+        strategy.attach(reporter, NodeDirectory.ask(grid, config, nodes), status)
 
         def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.load_state_dict(arrays.to_torch_state_dict())

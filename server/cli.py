@@ -102,6 +102,8 @@ def run(
                     f"round {r.round}: acc {r.accuracy:.3f} ok {r.num_ok} failed {r.num_failed}"))
             elif event.client is not None and event.client.phase == "train":
                 clients[event.client.partition_id] = event.client
+            elif event.state is not None:
+                progress.update(task, status=event.state.message)
 
         try:
             outcome = runner.run(config, load_catalogue(), engine, out, run_id,
@@ -207,7 +209,7 @@ def fleet_up(
     state = deployment.up(directory, assign_devices(config, catalogue))
     limit = state.nodes[0].process.limit if state.nodes else "-"
     console.print(f"SuperLink {state.address}, {len(state.nodes)} SuperNodes, each ClientApp "
-                  f"runtime under its device's memory limit ({limit})")
+                  f"under its device's memory limit ({limit})")
 
 
 @fleet_app.command("down")

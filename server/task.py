@@ -10,12 +10,14 @@ from client.task import client_dataset
 from common.config import ExperimentConfig
 from common.data import load_dataset, subsample
 from common.devices import DeviceProfile
-from common.train import pretrain_setup_b
+from common.train import StepCallback, pretrain_setup_b
 
 
-def pretrained_model(config: ExperimentConfig) -> torch.nn.Module:
+def pretrained_model(
+    config: ExperimentConfig, on_step: StepCallback | None = None
+) -> torch.nn.Module:
     """The model pretrained on the server's Setup-B half (checkpoint-cached by common.train)."""
-    return pretrain_setup_b(config)
+    return pretrain_setup_b(config, on_step=on_step)
 
 
 def test_dataset(config: ExperimentConfig) -> Subset | TensorDataset:
