@@ -20,6 +20,13 @@ marker=$state/started-by-edgefed
 
 answers() { timeout 10 docker info >/dev/null 2>&1; }
 
+# The pid in the marker when it is a live dockerd (a stale marker may name a reused pid).
+ours() {
+    local pid
+    pid=$(cat "$marker" 2>/dev/null) || return 1
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] && echo "$pid"
+}
+
 # Launch dockerd with the flags "$@" and wait until it answers. Returns 1 if it exits first.
 launch() {
     mkdir -p "$state"
@@ -27,7 +34,7 @@ launch() {
     echo $! >"$marker"
     local waited=0
     until answers; do
-        if ! kill -0 "$(cat "$marker")" 2>/dev/null; then
+        if ! ours >/dev/null; then
             echo "docker-engine: dockerd $* exited; last log lines:" >&2
             tail -n 5 "$log" >&2
             rm -f "$marker"
@@ -51,6 +58,10 @@ start() {
     fi
     command -v dockerd >/dev/null || { echo "docker-engine: dockerd not installed" >&2; exit 1; }
     [ "$(id -u)" = 0 ] || { echo "docker-engine: starting dockerd needs root" >&2; exit 1; }
+    if ours >/dev/null; then
+        echo "docker-engine: the dockerd started earlier does not answer; restarting it" >&2
+        stop >&2
+    fi
     if [ -n "${EDGEFED_DOCKERD_ARGS:-}" ]; then
         # shellcheck disable=SC2086  # a list of flags
         launch $EDGEFED_DOCKERD_ARGS || exit 1
@@ -66,25 +77,29 @@ stop() {
         return 0
     fi
     local pid
-    pid=$(cat "$marker")
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid"
-        for _ in $(seq 1 30); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "docker-engine: dockerd $pid ignored TERM for 30s; killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
+    if ! pid=$(ours); then
+        rm -f "$marker"
+        echo "docker-engine: the dockerd started earlier is gone"
+        return 0
+    fi
+    kill -TERM "$pid"
+    for _ in $(seq 1 30); do
+        ours >/dev/null || break
+        sleep 1
+    done
+    if ours >/dev/null; then
+        echo "docker-engine: dockerd $pid ignored TERM for 30s; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 1
     fi
     rm -f "$marker"
     echo "docker-engine: dockerd $pid stopped"
 }
 
 status() {
+    local pid
     if answers; then echo "answers"; else echo "down"; fi
-    [ -f "$marker" ] && echo "started by this script: pid $(cat "$marker")"
+    if pid=$(ours); then echo "started by this script: pid $pid"; fi
     return 0
 }
 

@@ -12,7 +12,12 @@
    whose limit is too small fails each round with a reason (its ClientApp is killed or errors)
    and the run still finishes.
 6. Teardown: ``docker-compose down -v`` then removal by id of anything left of the project, with
-   timeouts. Nothing here waits without a deadline; the whole run is capped (``--budget``).
+   timeouts; no container, network or volume of the project may be left, and an engine started
+   here must no longer answer once stopped. Teardown runs on failure and on SIGTERM too.
+
+Nothing here waits without a deadline: every command runs in its own process group, killed as a
+whole when its timeout passes, and the whole run is capped (``--budget``). The run ends with a
+summary of every step (seconds, ok/FAILED) and exits 1 if any step or check failed.
 
 ``--tls`` runs the same with the TLS + SuperNode-authentication overlay and fresh certificates
 (``deploy/certs.sh``): every SuperNode must be registered and verified to take part.
@@ -27,12 +32,13 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,15 +80,29 @@ def log(message: str) -> None:
 
 def sh(cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None,
        check: bool = True) -> str:
-    """Run ``cmd`` with a timeout; its stdout, or :class:`Failed` with its stderr."""
+    """Run ``cmd`` in its own process group with a timeout; its stdout, or :class:`Failed` with
+    its stderr. On timeout (or any interruption) the whole group is killed, so that nothing it
+    started (``docker build``, ``debootstrap``) outlives it."""
     try:
-        done = subprocess.run(list(cmd), cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise Failed(f"{' '.join(cmd[:3])} ...: no answer after {timeout:.0f} s") from None
-    if check and done.returncode != 0:
-        raise Failed(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-3000:]}")
-    return done.stdout
+        proc = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    except OSError as err:
+        raise Failed(f"{cmd[0]}: {err.strerror} (is it installed?)") from None
+    with proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException as exc:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=10)
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise Failed(f"{' '.join(cmd[:3])} ...: no answer after {timeout:.0f} s; "
+                             "killed") from None
+            raise
+    if check and proc.returncode != 0:
+        raise Failed(f"{' '.join(cmd)} exited {proc.returncode}: {err[-3000:]}")
+    return out
 
 
 def poll(what: str, probe: Callable[[], T | None], clock: Clock, cap: float,
@@ -103,19 +123,80 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextmanager
-def engine(clock: Clock) -> Iterator[None]:
-    """A Docker engine for the duration; one started here is stopped here."""
-    answers = subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
-    if not answers:
-        log("no Docker engine answers: starting one")
-        sh(["deploy/docker-engine.sh", "start"], timeout=clock.left(180))
+class Report:
+    """Every step's seconds and outcome, and every problem, for the summary that ends the run."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.rows: list[tuple[str, float, str, str]] = []
+        self.problems: list[str] = []
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[list[str]]:
+        """Time the body as step ``name``; it appends its notes to the list it is given."""
+        notes: list[str] = []
+        began, outcome = time.monotonic(), "FAILED"
+        try:
+            yield notes
+            outcome = "ok"
+        finally:
+            self.rows.append((name, time.monotonic() - began, outcome, "; ".join(notes)))
+
+    def settle(self, name: str, action: Callable[[list[str]], None]) -> None:
+        """Run a cleanup step; its failure is recorded, never raised, so that it cannot hide
+        the failure that led to it."""
+        try:
+            with self.step(name) as notes:
+                action(notes)
+        except Failed as err:
+            self.problems.append(f"{name}: {err}")
+
+    def summary(self) -> str:
+        width = max([len(row[0]) for row in self.rows] + [4])
+        lines = [f"compose-e2e summary (project {PROJECT}, fleet {FLEET}, {ROUNDS} rounds)"]
+        lines += [f"  {name:<{width}} {seconds:6.0f} s  {outcome:<6}  {notes}".rstrip()
+                  for name, seconds, outcome, notes in self.rows]
+        verdict = "FAILED" if self.problems else "PASSED"
+        lines.append(f"compose-e2e {verdict} in {time.monotonic() - self.started:.0f} s")
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+def engine_answers() -> bool:
     try:
+        sh(["docker", "info"], timeout=30)
+    except Failed:
+        return False
+    return True
+
+
+@contextmanager
+def engine(clock: Clock, report: Report) -> Iterator[None]:
+    """A Docker engine for the duration. One that answers already is reused and left running;
+    one started here is stopped here (even when starting it failed half-way), and must then no
+    longer answer."""
+    started_here = False
+
+    def stop(notes: list[str]) -> None:
+        notes.append(sh(["deploy/docker-engine.sh", "stop"], timeout=90).strip())
+        if engine_answers():
+            raise Failed("the engine started here still answers after being stopped")
+
+    try:
+        with report.step("engine") as notes:
+            if engine_answers():
+                notes.append("an engine answered already: reused, left running")
+            else:
+                log("no Docker engine answers: starting one")
+                started_here = True
+                out = sh(["deploy/docker-engine.sh", "start"], timeout=clock.left(180))
+                started_here = "already answers" not in out
+                notes.append(out.strip().splitlines()[-1])
+            log(notes[-1])
         yield
     finally:
-        if not answers:
-            sh(["deploy/docker-engine.sh", "stop"], timeout=90, check=False)
-            log("stopped the Docker engine started here")
+        if started_here:
+            report.settle("engine stop", stop)
 
 
 class Fleet:
@@ -154,27 +235,35 @@ class Fleet:
             (logs / f"{name}.log").write_text(text)
         log(f"container logs in {logs}")
 
-    def down(self) -> None:
-        """``down -v``, then whatever is left of the project removed by id."""
+    def leftovers(self) -> dict[str, list[str]]:
+        """Ids of the project's containers, networks and volumes, by kind (none when clean)."""
+        label = f"label=com.docker.compose.project={PROJECT}"
+        found = {kind: sh([*ls, "--filter", label], timeout=30).split()
+                 for kind, ls in (("container", ["docker", "ps", "-aq"]),
+                                  ("network", ["docker", "network", "ls", "-q"]),
+                                  ("volume", ["docker", "volume", "ls", "-q"]))}
+        return {kind: ids for kind, ids in found.items() if ids}
+
+    def down(self, notes: list[str]) -> None:
+        """``down -v``, then whatever is left of the project removed by id; :class:`Failed`
+        if anything is still there afterwards."""
         try:
             self.compose("down", "--volumes", "--remove-orphans", "--timeout", "10",
                          timeout=240, check=False)
         except Failed as err:
             log(f"docker-compose down: {err}")
-        label = f"label=com.docker.compose.project={PROJECT}"
-        for kind, ls in (("container", ["docker", "ps", "-aq"]),
-                         ("network", ["docker", "network", "ls", "-q"]),
-                         ("volume", ["docker", "volume", "ls", "-q"])):
-            ids = sh([*ls, "--filter", label], timeout=30, check=False).split()
-            if ids:
-                force = ["--force"] if kind != "network" else []
-                sh(["docker", kind, "rm", *force, *ids], timeout=120, check=False)
-                log(f"removed leftover {kind}s {' '.join(i[:12] for i in ids)}")
+        for kind, ids in self.leftovers().items():
+            force = ["--force"] if kind != "network" else []
+            sh(["docker", kind, "rm", *force, *ids], timeout=120, check=False)
+            notes.append(f"removed {len(ids)} leftover {kind}(s) by id")
+        if left := self.leftovers():
+            raise Failed(f"still there after removal: {left}")
+        notes.append(f"no container, network or volume of {PROJECT} left")
 
 
 def check_limits(
     containers: list[dict], catalogue: Catalogue, devices: list[DeviceProfile]
-) -> None:
+) -> str:
     """Each device's running app container is capped at its catalogue memory and CPUs."""
     apps = {int(c["Config"]["Labels"]["edgefed.partition-id"]): c for c in containers
             if c["Config"]["Labels"].get("edgefed.role") == "clientapp"}
@@ -190,10 +279,10 @@ def check_limits(
             raise Failed(f"{c['Name']}: Memory {memory}, NanoCpus {cpus}; catalogue "
                          f"{device.ram_bytes}, {device.cpus} CPUs")
     limits = sorted({d.ram_bytes for d in devices})
-    log(f"{len(apps)} device containers capped as catalogued; limits (MiB): "
-        f"{', '.join(f'{b / 2**20:.0f}' for b in limits)}")
     if len(apps) < 8 or len(limits) < 3:
         raise Failed(f"want >= 8 devices with >= 3 memory limits, got {len(apps)} / {len(limits)}")
+    return (f"{len(apps)} device containers capped as catalogued; limits (MiB): "
+            f"{', '.join(f'{b / 2**20:.0f}' for b in limits)}")
 
 
 def pick_seed(devices: list[DeviceProfile], rounds: int) -> int:
@@ -244,7 +333,7 @@ def run_experiment(api: httpx.Client, config: dict, clock: Clock) -> dict:
     return detail
 
 
-def check_clients(detail: dict, devices: list[DeviceProfile]) -> None:
+def check_clients(detail: dict, devices: list[DeviceProfile]) -> str:
     """Every fitting device reported metrics each round; the starved one failed with a reason."""
     if detail["run"]["status"] != "finished":
         raise Failed(f"run ended {detail['run']['status']}: {detail['run']['message']}")
@@ -266,7 +355,7 @@ def check_clients(detail: dict, devices: list[DeviceProfile]) -> None:
     if rounds[-1:] != [ROUNDS]:
         raise Failed(f"global rounds recorded: {rounds}")
     ok = sum(r["status"] == "ok" for r in rows.values())
-    log(f"per-client rows: {len(rows)} ({ok} ok) from {len(devices)} devices x {ROUNDS} rounds")
+    return f"{len(rows)} per-client rows ({ok} ok) from {len(devices)} devices x {ROUNDS} rounds"
 
 
 def peak_bytes(container: dict) -> int | None:
@@ -293,14 +382,8 @@ def check_survivors(containers: list[dict]) -> None:
                 f"{c['HostConfig']['Memory'] / 2**20:.0f} MiB")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=25 * 60, help="seconds for everything")
-    parser.add_argument("--keep", action="store_true", help="leave the fleet up afterwards")
-    parser.add_argument("--tls", action="store_true", help="with the TLS + SuperNode-auth overlay")
-    args = parser.parse_args(argv)
-    clock = Clock(args.budget)
-    started = time.monotonic()
+def run(args: argparse.Namespace, clock: Clock, report: Report) -> None:
+    """Steps 1-6 of the module's docstring; :class:`Failed` at the first that does not hold."""
     catalogue = load_catalogue()
     devices = fleet_devices(FLEET, catalogue)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -312,17 +395,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         compose_files[1].write_text(generate_tls_overlay(FLEET, catalogue))
         certs = OUT / "certs"
         shutil.rmtree(certs, ignore_errors=True)
-        sh(["deploy/certs.sh", str(len(devices)), str(certs)], timeout=60)
-    with engine(clock):
-        image = sh(["deploy/build-image.sh"], timeout=clock.left(15 * 60)).split()[-1]
-        log(f"image {image} ({time.monotonic() - started:.0f} s so far)")
+        with report.step("certificates"):
+            sh(["deploy/certs.sh", str(len(devices)), str(certs)], timeout=60)
+    with engine(clock, report):
+        with report.step("image") as notes:
+            image = sh(["deploy/build-image.sh"], timeout=clock.left(15 * 60)).split()[-1]
+            notes.append(image)
+            log(f"image {image}")
         fleet = Fleet(image, compose_files, certs)
-        fleet.down()  # anything a crashed earlier run left behind
-        ok = False
+        with report.step("leftovers of earlier runs") as notes:
+            fleet.down(notes)
         try:
-            fleet.compose("up", "--detach", "--no-build", timeout=clock.left(600))
-            log(f"fleet up: {len(fleet.containers())} containers")
-            check_limits(fleet.containers(), catalogue, devices)
+            with report.step("fleet up") as notes:
+                fleet.compose("up", "--detach", "--no-build", timeout=clock.left(600))
+                notes.append(f"{len(fleet.containers())} containers")
+                log(f"fleet up: {notes[-1]}")
+            with report.step("limits") as notes:
+                notes.append(check_limits(fleet.containers(), catalogue, devices))
+                log(notes[-1])
             url = f"http://127.0.0.1:{fleet.dashboard_port}"
             with httpx.Client(base_url=url, timeout=30,
                               headers={"Authorization": f"Bearer {fleet.token}"}) as api:
@@ -333,24 +423,56 @@ def main(argv: Sequence[str] | None = None) -> int:
                     except httpx.HTTPError:
                         return None
 
-                poll("dashboard", dashboard_answers, clock, cap=300)
-                detail = run_experiment(api, experiment(catalogue, pick_seed(devices, ROUNDS)),
-                                        clock)
-            check_clients(detail, devices)
-            check_survivors(fleet.containers())
-            ok = True
-        finally:
-            if not ok:
+                with report.step("dashboard"):
+                    poll("dashboard", dashboard_answers, clock, cap=300)
+                with report.step(f"{ROUNDS}-round run") as notes:
+                    try:
+                        detail = run_experiment(
+                            api, experiment(catalogue, pick_seed(devices, ROUNDS)), clock)
+                    except httpx.HTTPError as err:
+                        raise Failed(f"dashboard API: {err!r}") from None
+                    notes.append(f"{detail['run']['status']}: {detail['run']['message']}")
+            with report.step("results") as notes:
+                notes.append(check_clients(detail, devices))
+                log(notes[-1])
+                check_survivors(fleet.containers())
+        except BaseException:
+            with suppress(Failed):
                 fleet.save_logs()
+            raise
+        finally:
             if not args.keep:
-                fleet.down()
-    log(f"passed in {time.monotonic() - started:.0f} s")
-    return 0
+                report.settle("teardown", fleet.down)
+
+
+def terminate(signum: int, _frame: object) -> None:
+    """The first SIGTERM/SIGINT fails the run (so that teardown runs); later ones are ignored
+    while it does."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Failed(f"interrupted by {signal.Signals(signum).name}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=25 * 60, help="seconds for everything")
+    parser.add_argument("--keep", action="store_true", help="leave the fleet up afterwards")
+    parser.add_argument("--tls", action="store_true", help="with the TLS + SuperNode-auth overlay")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
+    report = Report()
+    try:
+        run(args, Clock(args.budget), report)
+    except Failed as failure:
+        report.problems.insert(0, str(failure))
+    except Exception as exc:  # a bug here: still end with the summary
+        report.problems.insert(0, f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        print(report.summary(), flush=True)
+    return 1 if report.problems else 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except Failed as failure:
-        print(f"compose-e2e FAILED: {failure}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(main())
