@@ -38,7 +38,8 @@ bench: install
 	$(BIN)/python -m bench.fleet
 
 # The compose fleet on a real Docker engine (root; docker.io, docker-compose, debootstrap installed):
-# engine, image, >= 8 memory-capped device containers, a 2-round run through the dashboard API.
+# engine (started and stopped here when none runs), image, >= 8 memory-capped device containers,
+# a 2-round run through the dashboard API, teardown, a summary. CI runs it after `make test`.
 compose-test: install
 	$(BIN)/python -m tests.compose_e2e
 

@@ -17,14 +17,40 @@ wait_s=${EDGEFED_DOCKER_WAIT:-90}
 pidfile=$state/dockerd.pid
 log=$state/dockerd.log
 marker=$state/started-by-edgefed
+containerd_pidfile=/var/run/docker/containerd/containerd.pid  # dockerd's own (default exec-root)
 
 answers() { timeout 10 docker info >/dev/null 2>&1; }
+
+# Whether pid $1 runs program $2 and is not a zombie (a killed process stays a zombie until its
+# parent reaps it; dockerd would still count it as running).
+live() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    case $stat in
+        "$1 ($2) Z"*) return 1 ;;
+        "$1 ($2) "*) return 0 ;;
+        *) return 1 ;;
+    esac
+}
 
 # The pid in the marker when it is a live dockerd (a stale marker may name a reused pid).
 ours() {
     local pid
     pid=$(cat "$marker" 2>/dev/null) || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dockerd ] && echo "$pid"
+    live "$pid" dockerd && echo "$pid"
+}
+
+# Once our dockerd is gone: the containerd it ran is killed if it outlived it, and its pid file
+# removed (a next dockerd would wait on that pid, even a zombie's, instead of starting its own).
+reap_containerd() {
+    local pid
+    pid=$(cat "$containerd_pidfile" 2>/dev/null) || return 0
+    for waited in $(seq 1 10); do
+        live "$pid" containerd || break
+        [ "$waited" = 5 ] && kill -KILL "$pid" 2>/dev/null
+        sleep 1
+    done
+    rm -f "$containerd_pidfile"
 }
 
 # Launch dockerd with the flags "$@" and wait until it answers. Returns 1 if it exits first.
@@ -38,6 +64,7 @@ launch() {
             echo "docker-engine: dockerd $* exited; last log lines:" >&2
             tail -n 5 "$log" >&2
             rm -f "$marker"
+            reap_containerd
             return 1
         fi
         if [ "$waited" -ge "$wait_s" ]; then
@@ -79,6 +106,7 @@ stop() {
     local pid
     if ! pid=$(ours); then
         rm -f "$marker"
+        reap_containerd
         echo "docker-engine: the dockerd started earlier is gone"
         return 0
     fi
@@ -90,9 +118,13 @@ stop() {
     if ours >/dev/null; then
         echo "docker-engine: dockerd $pid ignored TERM for 30s; killing it" >&2
         kill -KILL "$pid" 2>/dev/null || true
-        sleep 1
+        for _ in $(seq 1 10); do
+            ours >/dev/null || break
+            sleep 1
+        done
     fi
-    rm -f "$marker"
+    rm -f "$marker" "$pidfile"  # a killed dockerd leaves its pid file, which blocks the next start
+    reap_containerd
     echo "docker-engine: dockerd $pid stopped"
 }
 
