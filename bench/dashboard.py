@@ -17,7 +17,7 @@ readers, and the machine's load average (on a shared machine latency is mostly w
 CPU). Table on stdout, numbers in bench/results/dashboard.json. Target: overall p99 <= 150 ms,
 no errors.
 
-    python -m bench.dashboard [--readers 100] [--procs 4] [--duration 30] [--rate 20]
+    python -m bench.dashboard [--readers 100] [--procs 4] [--duration 60] [--rate 20]
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=100)
     parser.add_argument("--procs", type=int, default=4, help="reader processes")
     parser.add_argument("--streams", type=int, default=10)
-    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=20.0, help="events per second")
     parser.add_argument("--think", type=float, default=0.5, help="seconds between requests")
     parser.add_argument("--clients", type=int, default=20)

@@ -48,6 +48,7 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock()
         self.version = 0  # commits made through this object (read caches key on it)
+        self.action_version = 0  # the last commit that was not a streamed event
         Base.metadata.create_all(self.engine)
 
     @contextmanager
@@ -56,14 +57,19 @@ class Database:
             yield session
 
     @contextmanager
-    def write(self, committed: Callable[[], None] | None = None) -> Iterator[Session]:
+    def write(self, committed: Callable[[], None] | None = None,
+              streamed: bool = False) -> Iterator[Session]:
         """A transaction committed on exit (rolled back on error): durable once this returns.
         After the commit, still under the lock, :attr:`version` moves on and ``committed()``
-        runs (so what it announces is announced in commit order)."""
+        runs (so what it announces is announced in commit order). ``streamed``: the write only
+        stores a run's reported event, which live readers also get from the event stream
+        (otherwise :attr:`action_version` moves on too)."""
         with self._write_lock:
             with self._sessions() as session, session.begin():
                 yield session
             self.version += 1
+            if not streamed:
+                self.action_version = self.version
             if committed is not None:
                 committed()
 

@@ -54,10 +54,10 @@ class RunLog:
         self.broker = broker
 
     @contextmanager
-    def _write(self) -> Iterator[tuple[Session, list[FeedEvent]]]:
+    def _write(self, streamed: bool = False) -> Iterator[tuple[Session, list[FeedEvent]]]:
         """A write transaction; the events it logs go to the live feed once committed."""
         logged: list[FeedEvent] = []
-        with self.db.write(committed=lambda: self.broker.publish(logged)) as session:
+        with self.db.write(lambda: self.broker.publish(logged), streamed) as session:
             yield session, logged
 
     def create_experiment(self, config: ExperimentConfig) -> int:
@@ -104,7 +104,7 @@ class RunLog:
 
         Core statements, not ORM objects: this is the hot path (every client of every round).
         """
-        with self._write() as (session, logged):
+        with self._write(streamed=True) as (session, logged):
             status, started_at = self._state(session, run_id)
             if event.client is not None:
                 self._upsert(session, ClientRow, run_id, client_key(event.client),
