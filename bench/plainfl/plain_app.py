@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -25,6 +26,7 @@ server = ServerApp()
 @client.train()
 def fit(msg: Message, context: Context) -> Message:
     config = experiment(str(context.run_config["config-json"]))
+    torch.set_num_threads(1)  # what edgefed's devices get (cpus <= 1): same threads, same work
     model = initial_model(config)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     model.requires_grad_(False)
