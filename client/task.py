@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from common.config import ExperimentConfig, Policy, load_config
-from common.data import load_rows, partition, read_raw, setup_b_split, subsample
+from common.data import load_rows, read_raw, setup_b_split, stored_partition, subsample
 from common.devices import Catalogue, DeviceProfile, assign_entries, load_catalogue
 from common.train import sgd
 
@@ -70,11 +70,13 @@ def _client_partitions(
     dataset: str, partitioner: str, alpha: float, classes_per_client: int, seed: int,
     num_partitions: int,
 ) -> list[np.ndarray]:
-    """Training-set rows of every partition of the Setup-B client half (from the labels only)."""
+    """Training-set rows of every partition of the Setup-B client half (from the labels only;
+    stored on disk by ``stored_partition``, so a ClientApp process that finds it there never
+    imports flwr-datasets)."""
     labels = read_raw(dataset)[1]
     _, client_half = setup_b_split(labels, seed=seed)
-    parts = partition(labels[client_half], num_partitions, partitioner, alpha,
-                      classes_per_client, seed)
+    parts = stored_partition(labels[client_half], num_partitions, partitioner, alpha,
+                             classes_per_client, seed)
     return [client_half[p] for p in parts]
 
 

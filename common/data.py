@@ -15,18 +15,26 @@ Sources, in order: the folder passed as ``root``; the system copy (Debian's
 Partitions use flwr-datasets partitioners on a ``datasets.Dataset`` holding just the ``index``
 and ``label`` columns, and are mapped back to index arrays into the in-memory tensors. Setup B
 (the paper's federated-style split) first halves the training set non-IID by class.
+:func:`stored_partition` keeps them in ``$EDGEFED_CACHE/partitions``, so only the first process
+to need a partition imports flwr-datasets (about 200 MiB with pandas, pyarrow and matplotlib).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
+import json
+import logging
 import os
 import pickle
 import tarfile
+import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +47,9 @@ MAX_TENSOR_BYTES = 8 * 2**30
 PAD_LIMIT = 4
 CHUNK = 4096
 PARTITIONERS = ("iid", "dirichlet", "pathological")
+PARTITION_CACHE_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -330,8 +341,9 @@ def partition(
     Indices are positions into ``labels``; map them through your own index array when
     ``labels`` is a subset (e.g. the Setup-B client half).
     """
-    # Imported here: datasets + flwr_datasets (which pulls in seaborn) take seconds to import,
-    # and most processes that load data never partition it.
+    # Imported here: datasets + flwr_datasets (which pull in pandas, pyarrow and seaborn) take
+    # seconds and ~200 MiB to import, and most processes that load data never partition it
+    # (or read the partition stored by stored_partition).
     import datasets
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
@@ -375,6 +387,82 @@ def partition(
         splitter.load_partition(i).with_format("arrow")[:]["index"].to_numpy().astype(np.int64)
         for i in range(num_partitions)
     ]
+
+
+def partition_path(
+    labels: np.ndarray, num_partitions: int, partitioner: str, alpha: float,
+    classes_per_partition: int, seed: int,
+) -> Path:
+    """``<cache>/partitions/<hash>.npz``; the hash covers the labels (so the dataset and the
+    subset of it), every :func:`partition` argument, and the versions of the libraries whose
+    partitioners and random streams compute it (flwr-datasets, datasets, numpy)."""
+    key = {
+        "version": PARTITION_CACHE_VERSION,
+        "labels": hashlib.sha256(np.ascontiguousarray(labels, np.int64).tobytes()).hexdigest(),
+        "num_partitions": num_partitions,
+        "partitioner": partitioner,
+        "alpha": alpha,
+        "classes_per_partition": classes_per_partition,
+        "seed": seed,
+        "libraries": [version("flwr-datasets"), version("datasets"), np.__version__],
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir() / "partitions" / f"{digest}.npz"
+
+
+def _read_partition(path: Path, num_partitions: int, total: int) -> list[np.ndarray] | None:
+    """The index arrays stored at ``path``; ``None`` if there are none, or if the file is
+    unreadable or does not hold ``num_partitions`` int64 arrays of ``total`` indices in all."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            parts = [stored[f"arr_{i}"] for i in range(num_partitions)]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        log.warning("partition cache %s is unreadable (%s); recomputing it", path, error)
+        return None
+    if sum(len(p) for p in parts) != total or any(p.dtype != np.int64 for p in parts):
+        log.warning("partition cache %s does not match its labels; recomputing it", path)
+        return None
+    return parts
+
+
+def _write_partition(path: Path, parts: list[np.ndarray]) -> None:
+    """Store ``parts`` at ``path`` atomically (a temporary file renamed over it), so processes
+    computing the same partition at once never read a half-written file. A cache that cannot
+    be written is logged, not fatal."""
+    partial = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".part", delete=False) as handle:
+            partial = Path(handle.name)
+            np.savez(handle, *parts)
+        partial.chmod(0o644)  # temporary files are private; other users' nodes read it too
+        partial.replace(path)
+    except OSError as error:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        log.warning("could not store partition cache %s (%s)", path, error)
+
+
+def stored_partition(
+    labels: np.ndarray,
+    num_partitions: int,
+    partitioner: str = "iid",
+    alpha: float = 0.5,
+    classes_per_partition: int = 2,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """:func:`partition`, read from :func:`partition_path` when an earlier process stored it,
+    else computed and stored there. A hit imports neither flwr-datasets nor datasets."""
+    labels = np.asarray(labels)
+    arguments = (num_partitions, partitioner, alpha, classes_per_partition, seed)
+    path = partition_path(labels, *arguments)
+    parts = _read_partition(path, num_partitions, len(labels))
+    if parts is None:
+        parts = partition(labels, *arguments)
+        _write_partition(path, parts)
+    return parts
 
 
 def matched_subset(

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import pickle
+import subprocess
+import sys
 import tarfile
+import textwrap
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,11 +17,13 @@ import numpy as np
 import pytest
 import torch
 
+from client import task
 from client.task import DEFAULT_EXPERIMENT, client_dataset, client_indices
 from common import data
 from common.config import load_config
 
 FMNIST = data.SPECS["fashion-mnist"]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -193,6 +200,74 @@ def test_partition_errors_name_the_field(kwargs: dict, field: str) -> None:
     arguments = {"num_partitions": 4, **kwargs}
     with pytest.raises(ValueError, match=field):
         data.partition(np.arange(100) % 10, **arguments)
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ``$EDGEFED_CACHE``."""
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path))
+    return tmp_path
+
+
+LABELS = np.random.default_rng(0).integers(0, 10, 2000)
+DIRICHLET = {"num_partitions": 8, "partitioner": "dirichlet", "alpha": 0.3, "seed": 1}
+
+
+def _equal(parts: list[np.ndarray], others: list[np.ndarray]) -> bool:
+    return all(np.array_equal(a, b) for a, b in zip(parts, others, strict=True))
+
+
+def test_stored_partition_equals_the_computed_one_and_is_read_back(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored = data.stored_partition(LABELS, **DIRICHLET)
+    assert _equal(stored, data.partition(LABELS, **DIRICHLET))
+    path = data.partition_path(LABELS, 8, "dirichlet", 0.3, 2, 1)
+    assert [p.name for p in (cache / "partitions").iterdir()] == [path.name]  # no temp file left
+    assert data.partition_path(LABELS, 8, "dirichlet", 0.3, 2, 2) != path  # the seed is keyed
+    assert data.partition_path(LABELS[::-1], 8, "dirichlet", 0.3, 2, 1) != path  # and the labels
+
+    def not_again(*args: object) -> None:
+        raise AssertionError("computed again although it is stored")
+
+    monkeypatch.setattr(data, "partition", not_again)
+    assert _equal(data.stored_partition(LABELS, **DIRICHLET), stored)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "too few indices"])
+def test_damaged_stored_partition_is_recomputed(cache: Path, damage: str) -> None:
+    fresh = data.stored_partition(LABELS, **DIRICHLET)
+    path = data.partition_path(LABELS, 8, "dirichlet", 0.3, 2, 1)
+    if damage == "garbage":
+        path.write_bytes(b"not an npz file")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:300])
+    else:
+        np.savez(path, *(p[:-1] for p in fresh))
+    assert _equal(data.stored_partition(LABELS, **DIRICHLET), fresh)
+    with np.load(path) as restored:  # and stored again, whole
+        assert _equal([restored[f"arr_{i}"] for i in range(8)], fresh)
+
+
+def test_client_with_a_stored_partition_never_imports_flwr_datasets(cache: Path) -> None:
+    config = load_config(DEFAULT_EXPERIMENT)
+    task._client_partitions.cache_clear()  # so this process stores it in the empty cache
+    rows = client_indices(config, 3, config.num_clients)
+    script = textwrap.dedent("""
+        import json, sys
+        from client.task import DEFAULT_EXPERIMENT, client_dataset, client_indices
+        from common.config import load_config
+        config = load_config(DEFAULT_EXPERIMENT)
+        assert len(client_dataset(config, 3, config.num_clients)) == config.samples_per_client
+        rows = client_indices(config, 3, config.num_clients).tolist()
+        imported = [m for m in ("flwr_datasets", "datasets") if m in sys.modules]
+        print(json.dumps({"rows": rows, "imported": imported}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO,
+                          env={**os.environ, data.CACHE_ENV: str(cache)},
+                          capture_output=True, text=True, timeout=120, check=True)
+    child = json.loads(done.stdout.splitlines()[-1])
+    assert child == {"rows": rows.tolist(), "imported": []}
 
 
 def test_subsample() -> None:
