@@ -8,9 +8,9 @@ measured. Every failure a real device would have is an error reply the server re
 ``DROPPED`` (offline this round) and ``OOM`` ("out of memory: needs X bytes, budget Y").
 
 Simulated device time of a round:  t = steps * FLOPs(step) / flops + 8 * (down + up) / bandwidth,
-with FLOPs(step) counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward and
-backward of the chosen configuration, and the model's bytes sent down and up once. The measured
-first step (``common.memory.StepProbe``) is the first of the ``local_steps`` training steps.
+with FLOPs(step) the forward and backward FLOPs of the measured first step, and the model's
+bytes sent down and up once. The measured first step (``common.memory.StepProbe``: memory and
+FLOPs) is the first of the ``local_steps`` training steps, not an extra one.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordD
 from flwr.clientapp import ClientApp
 from torch import nn
 from torch.utils.data import DataLoader
-from torch.utils.flop_counter import FlopCounterMode
 
 from client import replies
-from client.planner import Candidate, Planner
+from client.planner import Planner
 from client.task import (
     Node,
     client_dataset,
@@ -45,7 +44,6 @@ from common.train import train as train_model
 MAX_PLANS = 4
 app = ClientApp()
 _planners: dict[str, Planner] = {}
-_step_flops_of: dict[Candidate, int] = {}
 
 
 def _planner(config: ExperimentConfig) -> Planner:
@@ -79,20 +77,6 @@ def _model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-def _step_flops(
-    candidate: Candidate, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
-    loss_fn: nn.Module,
-) -> int:
-    """FLOPs of one forward + backward, counted once per candidate and process: they depend
-    on shapes and ranks only, and ranks barely move between rounds (WASI)."""
-    if candidate not in _step_flops_of:
-        with FlopCounterMode(display=False) as counter:
-            loss_fn(model(batch[0]), batch[1]).backward()
-        model.zero_grad(set_to_none=True)
-        _step_flops_of[candidate] = counter.get_total_flops()
-    return _step_flops_of[candidate]
-
-
 @app.query()
 def identify(msg: Message, context: Context) -> Message:
     """Answer the server's inventory: partition id, device and budget of this node."""
@@ -119,22 +103,20 @@ def train(msg: Message, context: Context) -> Message:
     planner = _planner(config)
     mu = float(msg.content["config"].get("proximal-mu", 0.0))
     for attempt in range(MAX_PLANS):  # a fit pick found over budget is re-planned around
+        if attempt:  # the failed first step wrapped and stepped the model
+            model = _global_model(config, msg)
         plan = planner.plan(node.device, model, probe_batch, node.policy, verify=False)
         if not plan.fits:
             return Message(Error(replies.OOM, plan.reason), reply_to=msg)
         chosen = plan.chosen
-        if attempt:  # the failed first step changed the weights
-            model = _global_model(config, msg)
         wrapped = wrap_last_layers(model, chosen.method, chosen.last_k, **chosen.wrap_kwargs())
-        batch = (probe_batch[0][: chosen.batch_size], probe_batch[1][: chosen.batch_size])
-        step_flops = _step_flops(chosen, wrapped, batch, nn.CrossEntropyLoss())
         loader = DataLoader(data, batch_size=chosen.batch_size, shuffle=True,
                             generator=generator)
+        probe = StepProbe(wrapped, node.device.budget_bytes, count_flops=True)
         try:
             stats = train_model(wrapped, loader, trainable_sgd(wrapped, config.lr),
                                 epochs=config.local_epochs, max_steps=config.local_steps,
-                                proximal_mu=mu,
-                                probe=StepProbe(wrapped, node.device.budget_bytes))
+                                proximal_mu=mu, probe=probe)
             break
         except OutOfBudget as oom:
             planner.record(chosen, oom.report.training_bytes)
@@ -143,7 +125,7 @@ def train(msg: Message, context: Context) -> Message:
     report = stats.first_step
     planner.record(chosen, report.training_bytes)
     model_bytes = _model_bytes(model)
-    sim_time = node.device.device_seconds(step_flops * stats.steps, model_bytes, model_bytes)
+    sim_time = node.device.device_seconds(probe.flops * stats.steps, model_bytes, model_bytes)
     metrics = MetricRecord({
         "num-examples": stats.examples,
         "train-loss": stats.loss,

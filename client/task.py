@@ -80,13 +80,19 @@ def _client_partitions(
     return [client_half[p] for p in parts]
 
 
-def client_indices(config: ExperimentConfig, partition_id: int, num_partitions: int) -> np.ndarray:
-    """Training-set rows of partition ``partition_id`` of the Setup-B client half, capped at
-    ``samples_per_client`` (seeded with ``seed + partition_id``)."""
-    parts = _client_partitions(
+def partitions(config: ExperimentConfig, num_partitions: int) -> list[np.ndarray]:
+    """Training-set rows of every partition of the Setup-B client half (computed once and
+    stored; the ServerApp calls this before sampling so that ClientApps only read them)."""
+    return _client_partitions(
         config.dataset, config.partitioner, config.alpha, config.classes_per_client,
         config.seed, num_partitions,
     )
+
+
+def client_indices(config: ExperimentConfig, partition_id: int, num_partitions: int) -> np.ndarray:
+    """Training-set rows of partition ``partition_id`` of the Setup-B client half, capped at
+    ``samples_per_client`` (seeded with ``seed + partition_id``)."""
+    parts = partitions(config, num_partitions)
     return subsample(parts[partition_id], config.samples_per_client, config.seed + partition_id)
 
 

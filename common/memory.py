@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
 
 from common.compression import compressed_bytes as wrapped_compressed_bytes
 from common.compression import wrapped_layers
@@ -211,22 +212,33 @@ class StepProbe:
     Gradients are counted after the backward, optimizer state after the step (without an
     optimizer: one SGD-momentum buffer per trainable parameter). With ``budget_bytes``,
     ``after_step`` raises :class:`OutOfBudget` when ``training_bytes`` exceed it, as a device
-    would fail at its first step.
+    would fail at its first step. With ``count_flops``, :attr:`flops` is the forward's and
+    backward's FLOPs (``torch.utils.flop_counter.FlopCounterMode``).
     """
 
-    def __init__(self, model: nn.Module, budget_bytes: Bytes | None = None) -> None:
+    def __init__(self, model: nn.Module, budget_bytes: Bytes | None = None,
+                 count_flops: bool = False) -> None:
         self.model = model
         self.budget_bytes = budget_bytes
         self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.flops: int | None = None
         self._exclude = _model_pointers(model)
         self._fields: dict[str, int] = {}
+        self._counter = FlopCounterMode(display=False) if count_flops else None
 
     @contextmanager
     def forward(self, inputs: torch.Tensor) -> Iterator[None]:
-        """Wrap the forward and loss: saved tensors, forward peak and layer inputs."""
+        """Wrap the forward and loss: saved tensors, forward peak and layer inputs (and FLOPs
+        from here until :meth:`after_backward`)."""
+        if self._counter is not None:
+            self._counter.__enter__()
         live = LiveTensors(self._exclude | {inputs.untyped_storage().data_ptr()})
-        with SavedTensors(self._exclude) as saved, live, _input_bytes(self.model) as seen:
-            yield
+        try:
+            with SavedTensors(self._exclude) as saved, live, _input_bytes(self.model) as seen:
+                yield
+        except BaseException:
+            self.close()
+            raise
         self._fields.update(
             batch_size=len(inputs),
             activation_bytes=saved.nbytes,
@@ -235,7 +247,15 @@ class StepProbe:
             peak_forward_bytes=live.peak + storage_bytes([inputs]),
         )
 
+    def close(self) -> None:
+        """Stop counting FLOPs if the step never reached :meth:`after_backward`."""
+        if self._counter is not None:
+            counter, self._counter = self._counter, None
+            counter.__exit__(None, None, None)
+            self.flops = counter.get_total_flops()
+
     def after_backward(self) -> None:
+        self.close()
         self._fields["grad_bytes"] = storage_bytes(
             p.grad for p in self.trainable if p.grad is not None)
 

@@ -178,6 +178,8 @@ def train(
     finally:
         for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = base
+        if probe is not None:
+            probe.close()
     return TrainResult(loss_sum / seen, correct / seen, seen, step, first_step)
 
 

@@ -36,7 +36,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 from torch.utils.data import DataLoader
 
 from client import replies
-from client.task import client_indices, experiment, settings_of
+from client.task import experiment, partitions, settings_of
 from common.config import ExperimentConfig
 from common.devices import assign_entries
 from common.events import ClientResult, RoundResult, RunState
@@ -243,7 +243,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         status("pretraining on the server's half (or loading its cached checkpoint)", force=True)
         model = pretrained_model(config, on_step=status.pretrain_step)
-        client_indices(config, 0, config.num_clients)  # stores the partitions ClientApps read
+        partitions(config, config.num_clients)  # stored, so ClientApps only read them
         test_loader = DataLoader(test_dataset(config), batch_size=256)
         nodes = wait_for_nodes(grid, config.num_clients, status=status)
         status(f"asking {len(nodes)} nodes which device they are", force=True)

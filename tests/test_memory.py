@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
 
 from common.compression import wrap_last_layers
 from common.memory import MemoryReport, OutOfBudget, StepProbe, fits, format_bytes, measure
@@ -190,3 +191,18 @@ def test_first_step_over_budget_raises_out_of_budget(batch: tuple) -> None:
     with pytest.raises(OutOfBudget, match=r"out of memory: needs \d+ bytes, budget 1024") as err:
         train(model, loader, max_steps=2, probe=StepProbe(model, budget_bytes=1024))
     assert err.value.report.training_bytes > 1024
+
+
+def test_probe_counts_the_flops_of_the_measured_step(batch: tuple) -> None:
+    """Forward + backward FLOPs of the first step, as FlopCounterMode counts them directly;
+    the counter is gone afterwards (later steps run without it)."""
+    model = _hosvd_model()
+    inputs, targets = batch
+    with FlopCounterMode(display=False) as direct:
+        nn.functional.cross_entropy(model(inputs), targets).backward()
+    model.zero_grad(set_to_none=True)
+    probe = StepProbe(model, count_flops=True)
+    loader = DataLoader(TensorDataset(*batch), batch_size=len(targets))
+    train(model, loader, max_steps=2, probe=probe)
+    assert probe.flops == direct.get_total_flops() > 0
+    assert not torch._C._len_torch_dispatch_stack()

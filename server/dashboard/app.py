@@ -88,7 +88,8 @@ def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
     db = Database(settings.database_url)
     broker = Broker()
     runlog = RunLog(db, broker)
-    services = Services(settings, db, broker, runlog, Runner(settings, runlog), ResponseCache())
+    services = Services(settings, db, broker, runlog, Runner(settings, runlog),
+                        ResponseCache(max_stale_s=settings.cache_max_stale_s))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

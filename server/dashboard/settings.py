@@ -15,6 +15,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.dashboard.cache import MAX_STALE_S
+
 
 def default_run_command() -> list[str]:
     """The ``edgefed`` console script of this interpreter's environment (``edgefed run ...``)."""
@@ -43,6 +45,9 @@ class Settings(BaseSettings):
     token: SecretStr | None = Field(None, description="bearer token for mutating endpoints")
     data_dir: Path = Field(Path("runs/dashboard"), description="database and run output folders")
     max_concurrent_runs: int = Field(1, ge=0, le=64, description="0 pauses the queue")
+    cache_max_stale_s: float = Field(
+        MAX_STALE_S, ge=0.0, le=10.0,
+        description="how long a cached read may miss a run's streamed events (see cache.py)")
     cancel_timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="SIGTERM -> SIGKILL")
     run_command: list[str] = Field(default_factory=default_run_command, min_length=1)
     public_url: str = Field("", description="URL runs report to; empty: derived from host/port")

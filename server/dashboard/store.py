@@ -104,7 +104,7 @@ class RunLog:
 
         Core statements, not ORM objects: this is the hot path (every client of every round).
         """
-        with self._write(streamed=True) as (session, logged):
+        with self._write(streamed=event.state is None) as (session, logged):
             status, started_at = self._state(session, run_id)
             if event.client is not None:
                 self._upsert(session, ClientRow, run_id, client_key(event.client),

@@ -1,0 +1,94 @@
+"""The ClientApp's train function called directly, as a SuperNode would call it: a `fit` pick
+that the measured first step finds over budget is re-planned; a `fixed` device over budget
+answers with an out-of-memory error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from torch.utils.data import DataLoader
+
+import client.app as client_app
+from client import replies
+from client.planner import own_candidate, trainable_bytes
+from client.task import client_dataset, trainable_sgd
+from common.compression import wrap_last_layers
+from common.config import ExperimentConfig
+from common.devices import catalogue_path
+from common.memory import measure
+from common.train import initial_model
+from tests.dashboard_support import tiny_config
+
+
+@pytest.fixture(autouse=True)
+def task_identity() -> Iterator[None]:
+    """Messages take their run id from the process's task identity, as in a ClientApp."""
+    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+
+
+def _config(policy: str) -> ExperimentConfig:
+    return ExperimentConfig.model_validate(tiny_config(
+        name=f"client-app-{policy}", fleet=[{"device": "rpi5", "count": 2}], policy=policy,
+        compression={"method": "hosvd", "last_k": 2, "eps": 0.9}, samples_per_client=32,
+        local_steps=2))
+
+
+def _catalogue(tmp_path: Path, budget_bytes: int) -> str:
+    """The project's catalogue with rpi5's training-memory budget set to ``budget_bytes``."""
+    data = yaml.safe_load(catalogue_path().read_text())
+    data["profiles"]["rpi5"]["budget_bytes"] = budget_bytes
+    path = tmp_path / "devices.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _train(config: ExperimentConfig, devices: str) -> Message:
+    arrays = ArrayRecord(initial_model(config).state_dict())
+    message = Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})}),
+                      dst_node_id=1, message_type=MessageType.TRAIN)
+    run_config = {"config-json": config.model_dump_json(), "devices": devices}
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
+                      state=RecordDict(), run_config=run_config)
+    return client_app.train(message, context)
+
+
+def _own_bytes(config: ExperimentConfig) -> tuple[int, int]:
+    """Measured training bytes of the experiment's own configuration on partition 0, and the
+    part of them that gradients and momentum take (the planner's floor)."""
+    model = wrap_last_layers(initial_model(config), "hosvd", 2, eps=0.9)
+    batch = next(iter(DataLoader(client_dataset(config, 0, 2), batch_size=config.batch_size)))
+    report = measure(model, *batch, torch.nn.CrossEntropyLoss(), trainable_sgd(model, config.lr))
+    return report.training_bytes, trainable_bytes(model)
+
+
+def test_a_fit_pick_found_over_budget_is_replanned(tmp_path: Path) -> None:
+    config = _config("fit")
+    needed, floor = _own_bytes(config)
+    budget = (needed + floor) // 2  # the own choice cannot fit, yet is worth a measurement
+    devices = _catalogue(tmp_path, budget)
+    own = own_candidate(config)
+    client_app._planner(config).record(own, 1)  # a wrong cached figure: the planner picks it
+    reply = _train(config, devices)
+    assert not reply.has_error(), reply.error
+    metrics = reply.content["metrics"]
+    chosen = (int(metrics["last-k"]), int(metrics["batch-size"]), float(metrics["eps"]))
+    assert chosen != (own.last_k, own.batch_size, own.eps)
+    assert client_app._planner(config)._cache[own] > budget  # the step's real figure
+    assert metrics["budget-bytes"] == budget
+
+
+def test_a_fixed_device_over_budget_answers_out_of_memory(tmp_path: Path) -> None:
+    config = _config("fixed")
+    reply = _train(config, _catalogue(tmp_path, 1024))
+    assert reply.has_error() and reply.error.code == replies.OOM
+    assert reply.error.reason.startswith("out of memory: needs ")
+    assert reply.error.reason.endswith(" bytes, budget 1024")
