@@ -43,7 +43,7 @@ ours() {
 # Once our dockerd is gone: the containerd it ran is killed if it outlived it, and its pid file
 # removed (a next dockerd would wait on that pid, even a zombie's, instead of starting its own).
 reap_containerd() {
-    local pid
+    local pid waited
     pid=$(cat "$containerd_pidfile" 2>/dev/null) || return 0
     for waited in $(seq 1 10); do
         live "$pid" containerd || break

@@ -190,11 +190,16 @@ def up(directory: Path, devices: list[DeviceProfile]) -> FleetState:
         supernode = procs.spawn(f"supernode-{pid}", supernode_cmd(state.address, port, node_config),
                                 log, env, cwd=directory)
         limit = procs.memory_limit(state.group, f"node-{pid}", device.ram_bytes)
-        launchers = procs.write_launcher(directory / "nodes" / f"node-{pid}" / "bin", CLIENTAPP,
-                                         limit)
-        runtime_env = {**env, "PATH": f"{launchers}{os.pathsep}{env['PATH']}"}
-        runtime = procs.spawn(f"node-{pid}", superexec_cmd(port, supernode.pid), log,
-                              runtime_env, limit=limit, cwd=directory)
+        try:
+            launchers = procs.write_launcher(directory / "nodes" / f"node-{pid}" / "bin",
+                                             CLIENTAPP, limit)
+            runtime_env = {**env, "PATH": f"{launchers}{os.pathsep}{env['PATH']}"}
+            runtime = procs.spawn(f"node-{pid}", superexec_cmd(port, supernode.pid), log,
+                                  runtime_env, limit=limit, cwd=directory)
+        except BaseException:  # not in the saved state yet: nobody else would remove it
+            if limit.cgroup is not None:
+                procs.remove_cgroup(limit.cgroup)
+            raise
         state.nodes.append(FleetNode(partition_id=pid, device=device.name, supernode=supernode,
                                      process=runtime))
         save(directory, state)

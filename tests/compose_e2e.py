@@ -190,8 +190,7 @@ def engine(clock: Clock, report: Report) -> Iterator[None]:
                 log("no Docker engine answers: starting one")
                 started_here = True
                 out = sh(["deploy/docker-engine.sh", "start"], timeout=clock.left(180))
-                started_here = "already answers" not in out
-                notes.append(out.strip().splitlines()[-1])
+                notes.append(out.strip().splitlines()[-1] if out.strip() else "started")
             log(notes[-1])
         yield
     finally:
