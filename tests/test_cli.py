@@ -113,6 +113,14 @@ def test_every_command_taking_a_config_refuses_it_alike(cwd: Path, args: list[st
     assert sorted(_fields(lines)) == sorted(changes)
 
 
+def test_plan_checks_last_k_against_the_model_it_is_given(cwd: Path) -> None:
+    path = _write(cwd, "config.yaml", experiment_text({"compression": {"last_k": 40}}))
+    result = runner.invoke(app, ["plan", "--device", "rpi5", "--model", "resnet18", "--config",
+                                 str(path)])
+    assert _refused(result, cwd, {"config.yaml"}) == [
+        "compression.last_k: 40 exceeds the 21 Conv2d/Linear layers of resnet18 (at most 21)"]
+
+
 def test_invalid_sweep_base_cannot_set_what_the_grid_sets(cwd: Path) -> None:
     sweep = yaml.safe_load(sweep_text({"fleet": [{"device": "mcu", "count": 2}]}))
     sweep["base"]["compression"] = {"method": "svd"}
