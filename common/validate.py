@@ -22,6 +22,7 @@ import json
 import typing
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -36,6 +37,7 @@ from common.configfile import read
 from common.devices import Catalogue, fleet_errors, load_catalogue
 
 Check = tuple[Problem, tuple[str, ...]]  # a problem and the fields its check reads
+M = TypeVar("M", bound=BaseModel)
 
 
 @lru_cache(maxsize=64)
@@ -120,8 +122,9 @@ def problems_of(error: ValidationError, schema: type[BaseModel]) -> list[Problem
             reason = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
         elif e["type"] == "missing":
             reason = "required"
-        else:
-            reason = f"{e['msg'].removeprefix('Value error, ')} (got {_shown(e['input'])})"
+        else:  # a model-level check (loc ()) was given the whole mapping: not worth showing
+            given = f" (got {_shown(e['input'])})" if loc else ""
+            reason = e["msg"].removeprefix("Value error, ") + given
         problems.append(Problem(field, reason))
     return problems
 
@@ -165,8 +168,21 @@ def _require_mapping(data: object, source: str) -> None:
                                    f"the top level, got {got}")], source)
 
 
-def _validated(data: dict) -> ExperimentConfig:
-    return ExperimentConfig.model_validate(data, context={DEFER_CROSS_CHECKS: True})
+def _schema_pass(schema: type[M], data: dict) -> tuple[M | None, list[Problem]]:
+    """``data`` validated by ``schema`` (cross-field checks deferred) and its problems; after a
+    failure, the model is ``data`` validated without the failed fields (None if it fails too),
+    for the checks that do not read them."""
+    context = {DEFER_CROSS_CHECKS: True}
+    try:
+        return schema.model_validate(data, context=context), []
+    except ValidationError as error:
+        problems = problems_of(error, schema)
+    rest = _without(data, {p.field for p in problems})
+    try:
+        return (schema.model_validate(rest, context=context) if rest is not None else None,
+                problems)
+    except ValidationError:
+        return None, problems
 
 
 def check_experiment(data: object, catalogue: Catalogue | None = None,
@@ -175,16 +191,7 @@ def check_experiment(data: object, catalogue: Catalogue | None = None,
     every problem. ``catalogue`` defaults to :func:`load_catalogue`; ``source`` names the input
     in the error."""
     _require_mapping(data, source)
-    problems: list[Problem] = []
-    try:
-        config: ExperimentConfig | None = _validated(data)
-    except ValidationError as error:
-        problems = problems_of(error, ExperimentConfig)
-        rest = _without(data, {p.field for p in problems})
-        try:
-            config = _validated(rest) if rest is not None else None
-        except ValidationError:
-            config = None
+    config, problems = _schema_pass(ExperimentConfig, data)
     if config is not None:
         failed = {p.field for p in problems}
         checks = [*config.cross_problems(),
@@ -213,16 +220,7 @@ def check_sweep(data: object, catalogue: Catalogue | None = None,
     :class:`ConfigError` listing every problem of the sweep and of each combination (as for an
     experiment, a combination is checked without the sweep fields that failed)."""
     _require_mapping(data, source)
-    problems: list[Problem] = []
-    try:
-        sweep: SweepConfig | None = SweepConfig.model_validate(data)
-    except ValidationError as error:
-        problems = problems_of(error, SweepConfig)
-        rest = _without(data, {p.field for p in problems})
-        try:
-            sweep = SweepConfig.model_validate(rest) if rest is not None else None
-        except ValidationError:
-            sweep = None
+    sweep, problems = _schema_pass(SweepConfig, data)
     experiments = []
     if sweep is not None:
         problems += [Problem(f"base.{key}", f"set by the sweep's {by}, not by its base")
