@@ -59,7 +59,7 @@ def count(driver, selector: str) -> int:
 
 def test_form_shows_every_wrong_field_beside_it(browser, tmp_path):
     """Several wrong fields at once: each message beside its input (the API's 422 names them
-    all, as the CLI does); nothing is created."""
+    all, as the CLI does) and nothing is created; once they are fixed the form's values pass."""
     wait = WebDriverWait(browser, 60)
     with DashboardProcess(tmp_path) as server:
         browser.get(f"{server.url}/experiments/new")
@@ -77,6 +77,13 @@ def test_form_shows_every_wrong_field_beside_it(browser, tmp_path):
         wait.until(lambda d: d.find_element(By.ID, "err-f-rounds").text)
         assert "/experiments/new" in browser.current_url
         assert httpx.get(f"{server.url}/api/experiments").json() == []
+
+        for element, value in (("f-rounds", 2), ("f-compression-last_k", 3), ("f-lr", 0.05)):
+            type_into(browser, element, value)  # every value the form sends passes strict types
+        wait.until(lambda d: not any(e.text for e in d.find_elements(By.CSS_SELECTOR, ".error")))
+        browser.find_element(By.ID, "create").click()
+        wait.until(lambda d: "/experiments/new" not in d.current_url)
+        assert len(httpx.get(f"{server.url}/api/experiments").json()) == 1
 
 
 @pytest.mark.slow
