@@ -58,7 +58,13 @@ def _fail(message: str) -> typer.Exit:
 
 
 def refuse(error: ConfigError) -> typer.Exit:
-    """Print every problem of ``error`` on stderr, one per line; the exit (code 2) to raise."""
+    """Print every problem of ``error`` on stderr, one per line; the exit (code 2) to raise.
+
+    A file that cannot be read or parsed is one line (``invalid config: f.yaml:3:1: ...``);
+    field problems follow a line naming the file.
+    """
+    if len(error.problems) == 1 and not error.problems[0].field:
+        return _fail(str(error.problems[0]))
     source = f" {error.source}" if error.source else ""
     errors.print(f"[bold red]invalid config[/]{escape(source)}:")
     for problem in error.problems:

@@ -32,7 +32,10 @@ def _refused(result: Result, cwd: Path, given: set[str]) -> list[str]:
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     assert {p.name for p in cwd.iterdir()} == given, "something was written"
     lines = result.stderr.splitlines()
-    assert lines[0].startswith("invalid config"), result.stderr
+    if len(lines) == 1:  # a file that cannot be read or parsed
+        assert lines[0].startswith("invalid config: "), result.stderr
+        return [lines[0].removeprefix("invalid config: ")]
+    assert lines[0].startswith("invalid config ") and lines[0].endswith(":"), result.stderr
     return [line.strip() for line in lines[1:]]
 
 
