@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 import typing
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +38,7 @@ from common.configfile import read
 from common.devices import Catalogue, fleet_errors, load_catalogue
 
 Check = tuple[Problem, tuple[str, ...]]  # a problem and the fields its check reads
+_DROP = object()
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -74,7 +76,7 @@ def _layer_checks(config: ExperimentConfig) -> list[Check]:
 
 def _catalogue_checks(config: ExperimentConfig, catalogue: Catalogue) -> list[Check]:
     return [(Problem(_dotted(error.field), str(error).removeprefix(f"{error.field}: ")),
-             ("fleet",)) for error in fleet_errors(config, catalogue)]
+             (_dotted(error.field),)) for error in fleet_errors(config, catalogue)]
 
 
 def _dotted(field: str) -> str:
@@ -129,7 +131,11 @@ def problems_of(error: ValidationError, schema: type[BaseModel]) -> list[Problem
     return problems
 
 
-STAND_INS = {"fleet": [{"device": "stand-in", "count": 1}]}  # required fields, for _without
+STAND_IN_ENTRY = {"device": "stand-in", "count": 1}
+STAND_INS = {  # required fields (list items as *) that _without replaces instead of dropping
+    "fleet": [STAND_IN_ENTRY], "fleet.*": STAND_IN_ENTRY,
+    "fleet.*.device": STAND_IN_ENTRY["device"], "fleet.*.count": STAND_IN_ENTRY["count"],
+}
 
 
 def _without(data: dict, fields: set[str]) -> dict | None:
@@ -140,17 +146,17 @@ def _without(data: dict, fields: set[str]) -> dict | None:
     rest = copy.deepcopy(data)
     for field in fields:
         *parents, last = field.split(".")
-        top = field.split(".")[0]
-        if top in STAND_INS:
-            rest[top] = copy.deepcopy(STAND_INS[top])
-            continue
+        stand_in = STAND_INS.get(re.sub(r"(?<=\.)\d+(?=\.|$)", "*", field), _DROP)
         node: object = rest
         try:
             for part in parents:
                 node = node[int(part)] if isinstance(node, list) else node[part]
-            if isinstance(node, list):
+            if stand_in is not _DROP:
+                node[int(last) if isinstance(node, list) else last] = copy.deepcopy(stand_in)
+            elif isinstance(node, list):
                 return None  # taking an item out would renumber the others
-            node.pop(last, None)  # absent when it is a missing required field
+            else:
+                node.pop(last, None)  # absent when it is a missing required field
         except (KeyError, IndexError, ValueError, TypeError):
             return None
     return rest

@@ -72,6 +72,14 @@ def test_checks_that_do_not_need_a_failed_field_still_run() -> None:
     assert problems[0] == Problem("fleet", "required")
 
 
+def test_every_wrong_part_of_a_fleet_entry_is_named() -> None:
+    """A wrong count does not hide a wrong device name, even in the same entry; the fleet's
+    size is not judged while one of its counts is wrong."""
+    problems = _problems(experiment({"min_train_clients": 99, "fleet": [
+        {"device": "toaster", "count": 0}, 7, {"device": "mcu", "count": 2}]}))
+    assert [p.field for p in problems] == ["fleet.0.count", "fleet.1", "fleet.0.device"]
+
+
 def test_unknown_fields_suggest_the_closest_one() -> None:
     problems = _problems(experiment({"compression": {"lastk": 2}, "rounds_": 3}))
     assert [str(p) for p in problems] == [
