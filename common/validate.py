@@ -7,8 +7,9 @@ each named by its dotted field (``rounds``, ``compression.last_k``, ``fleet.0.de
 2. checks across fields (:meth:`ExperimentConfig.cross_problems`), device names against the
    catalogue, and ``compression.last_k`` against the model's number of Conv2d/Linear layers.
    These also run when some fields failed step 1: the config is re-validated without the failed
-   fields (their defaults take their place) and a check is reported only if none of the fields
-   it reads failed, so a default never produces a problem of its own.
+   fields (their defaults, or for required ones a stand-in, take their place) and a check is
+   reported only if none of the fields it reads failed, so a default or a stand-in never
+   produces a problem of its own.
 
 A sweep's problems are named in the sweep file's terms (``methods.2.last_k``,
 ``fleets.mcu-budget.0.count``, ``base.rounds``).
