@@ -193,14 +193,25 @@ def test_first_step_over_budget_raises_out_of_budget(batch: tuple) -> None:
     assert err.value.report.training_bytes > 1024
 
 
-def test_probe_counts_the_flops_of_the_measured_step(batch: tuple) -> None:
-    """Forward + backward FLOPs of the first step, as FlopCounterMode counts them directly;
-    the counter is gone afterwards (later steps run without it)."""
-    model = _hosvd_model()
+@pytest.mark.parametrize("method, params", [
+    ("vanilla", {}), ("gradfilter", {"radius": 2}), ("svd", {"eps": 0.8}),
+    ("hosvd", {"eps": 0.8}), ("asi", {"rank": 2}),
+])
+def test_probe_counts_the_flops_of_the_measured_step(
+    batch: tuple, method: str, params: dict[str, object]
+) -> None:
+    """Forward + backward FLOPs of the first step, as FlopCounterMode counts them directly on a
+    twin model (ASI's first batch differs from later ones), for every method; the counter is
+    gone afterwards (later steps run without it)."""
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return batchnorm_eval(wrap_last_layers(build_model("mobilenetv2"), method, 4, **params))
+
     inputs, targets = batch
     with FlopCounterMode(display=False) as direct:
-        nn.functional.cross_entropy(model(inputs), targets).backward()
-    model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(fresh()(inputs), targets).backward()
+    model = fresh()
     probe = StepProbe(model, count_flops=True)
     loader = DataLoader(TensorDataset(*batch), batch_size=len(targets))
     train(model, loader, max_steps=2, probe=probe)
