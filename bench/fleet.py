@@ -61,7 +61,7 @@ def process_group(proc: psutil.Process) -> str:
     running ClientApps), ``serverapp`` (the simulation runtime: ServerApp and Simulation
     Engine), ``superlink`` or ``ray`` (Ray's own daemons)."""
     cmdline = " ".join(proc.cmdline())
-    if cmdline.startswith("ray::"):
+    if cmdline.startswith("ray::") or "default_worker.py" in cmdline:
         return "actors"
     if "flwr-simulation" in cmdline or "flwr-serverapp" in cmdline:
         return "serverapp"
