@@ -31,7 +31,8 @@ from rich.table import Table
 
 from common.config import Engine, ExperimentConfig, ModelName, load_config, load_sweep
 from common.devices import FleetError, assign_devices, load_catalogue, validate_fleet
-from common.events import ClientResult, Event
+from common.events import Event
+from common.record import ClientRecord
 from server.compose import compose_command
 
 app = typer.Typer(help="Federated fine-tuning on memory-capped edge devices.", no_args_is_help=True)
@@ -87,7 +88,7 @@ def run(
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     out = out or Path("runs") / run_id
     runner.install_signal_handlers()
-    clients: dict[int, ClientResult] = {}
+    clients: dict[int, ClientRecord] = {}
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
