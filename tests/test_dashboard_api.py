@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from common.record import ClientRecord
 from server.dashboard.app import create_app
 from server.dashboard.settings import Settings
 from tests.dashboard_support import tiny_config, wait_for
@@ -185,7 +186,7 @@ def test_events_build_the_run_and_resent_events_replace_rows(client):
     post(client, run_id, headers, {"run_id": run_id, "round": {"round": 0, "accuracy": 0.4,
                                                                  "loss": 1.5}})
     post(client, run_id, headers, client_event(
-        run_id, 1, 0, peak_bytes=5000, budget_bytes=8000, ranks=[[2, 3, 4, 4]], method="hosvd",
+        run_id, 1, 0, peak_step_bytes=5000, budget_bytes=8000, ranks=[[2, 3, 4, 4]], method="hosvd",
         node_id=2**64 - 1))
     post(client, run_id, headers, client_event(run_id, 1, 1, status="oom",
                                                reason="out of memory: needs 9 bytes, budget 8"))
@@ -251,7 +252,7 @@ def test_stream_replays_the_log_and_resumes(client):
 
 def test_export_one_run_and_all(client):
     run_id, headers = attach(client, create(client)["id"])
-    post(client, run_id, headers, client_event(run_id, 1, 0, ranks=[[1, 2]], peak_bytes=10))
+    post(client, run_id, headers, client_event(run_id, 1, 0, ranks=[[1, 2]], peak_step_bytes=10))
     post(client, run_id, headers, {"run_id": run_id, "round": {"round": 1, "accuracy": 0.6,
                                                                  "loss": 1.0}})
     other_id, other_headers = attach(client, create(client)["id"])
@@ -259,7 +260,9 @@ def test_export_one_run_and_all(client):
     response = client.get(f"/api/runs/{run_id}/export", params={"format": "csv"})
     assert response.headers["content-disposition"].startswith("attachment")
     rows = list(csv.DictReader(io.StringIO(response.text)))
-    assert len(rows) == 1 and rows[0]["ranks"] == "[[1, 2]]" and rows[0]["peak_bytes"] == "10"
+    assert len(rows) == 1 and rows[0]["ranks"] == "[[1, 2]]" and rows[0]["peak_step_bytes"] == "10"
+    assert rows[0]["eps"] == rows[0]["training_bytes"] == ""  # no value: an empty cell
+    assert list(rows[0]) == ["run_id", *ClientRecord.model_fields]
     rounds = client.get(f"/api/runs/{run_id}/export", params={"format": "csv",
                                                                "table": "rounds"}).text
     assert list(csv.DictReader(io.StringIO(rounds)))[0]["accuracy"] == "0.6"
@@ -273,10 +276,11 @@ def test_export_one_run_and_all(client):
 
 def test_compare_marks_the_pareto_front(client):
     runs = {}
-    for name, peak, accuracy in [("small", 1_000, 0.6), ("big", 9_000, 0.8),
+    for name, kept, accuracy in [("small", 1_000, 0.6), ("big", 9_000, 0.8),
                                  ("worse", 5_000, 0.5)]:
         run_id, headers = attach(client, create(client, name=name)["id"])
-        post(client, run_id, headers, client_event(run_id, 1, 0, peak_bytes=peak))
+        post(client, run_id, headers, client_event(run_id, 1, 0, activation_bytes=kept,
+                                                   peak_step_bytes=10 * kept))
         post(client, run_id, headers, client_event(run_id, 1, 1, status="oom"))
         post(client, run_id, headers, {"run_id": run_id, "round": {
             "round": 1, "accuracy": accuracy, "loss": 1.0}})
@@ -285,7 +289,12 @@ def test_compare_marks_the_pareto_front(client):
     front = {r["experiment_name"]: r["pareto"] for r in body["runs"]}
     assert front == {"small": True, "big": True, "worse": False}
     worse = next(r for r in body["runs"] if r["experiment_name"] == "worse")
-    assert worse["num_oom"] == 1 and worse["peak_bytes_mean"] == 5000
+    assert worse["num_oom"] == 1 and worse["activation_bytes_mean"] == 5000
+    assert worse["memory_bytes"] == 5000 and worse["peak_step_bytes_max"] == 50_000
+    by_peak = client.get("/api/compare", params={"run": list(runs.values()),
+                                                 "memory": "peak_step"}).json()
+    assert {r["experiment_name"]: r["memory_bytes"] for r in by_peak["runs"]} == {
+        "small": 10_000, "big": 90_000, "worse": 50_000}
     assert len(client.get("/api/compare").json()["runs"]) == 3
     assert client.get("/api/compare", params={"run": "missing"}).status_code == 404
 

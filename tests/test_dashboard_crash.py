@@ -25,7 +25,7 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path):
                 for p in range(4):
                     event = {"run_id": run_id, "client": {
                         "round": r + 1, "node_id": p, "partition_id": p, "device": "rpi5",
-                        "status": "ok", "peak_bytes": 1000 * (p + 1), "accuracy": 0.1 * r}}
+                        "status": "ok", "peak_step_bytes": 1000 * (p + 1), "accuracy": 0.1 * r}}
                     assert c.post(attached["report_url"], json=event).status_code == 201
                 event = {"run_id": run_id, "round": {"round": r + 1, "accuracy": 0.1 * r,
                                                       "loss": 1.0}}

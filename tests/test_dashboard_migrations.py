@@ -51,7 +51,8 @@ def test_an_ace9c78_database_upgrades_in_place_and_serves_its_runs(tmp_path: Pat
             assert (new["run"], new["config"], new["rounds"]) == (
                 old["run"], old["config"], old["rounds"])
             assert new["clients"] == [_as_today(c) for c in old["clients"]]
-            assert len(new["clients"]) == 8 and {2**63, 2**63 + 1} < {c["node_id"] for c in new["clients"]}
+            node_ids = {c["node_id"] for c in new["clients"]}
+            assert len(new["clients"]) == 8 and {2**63, 2**63 + 1} < node_ids
 
             rows = list(csv.DictReader(io.StringIO(client.get(
                 f"/api/runs/{run_id}/export?format=csv&table=clients").text)))
