@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+from typing import get_args
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,8 +15,9 @@ from pydantic import ValidationError
 
 from common.record import ClientRecord
 from server.dashboard.app import create_app
+from server.dashboard.schemas import MemoryMetric
 from server.dashboard.settings import Settings
-from tests.dashboard_support import tiny_config, wait_for
+from tests.dashboard_support import REPO, tiny_config, wait_for
 
 BASE = "http://127.0.0.1"
 REMOTE = re.compile(r"""(src=|href=|from |import\(|url\()["']?(https?:)?//""")  # remote assets
@@ -297,6 +299,14 @@ def test_compare_marks_the_pareto_front(client):
         "small": 10_000, "big": 90_000, "worse": 50_000}
     assert len(client.get("/api/compare").json()["runs"]) == 3
     assert client.get("/api/compare", params={"run": "missing"}).status_code == 404
+
+
+def test_compare_page_offers_the_api_memory_metrics_default_first(client):
+    """The page's axis choices are the API's, and its default (listed first) is the API's."""
+    page = (REPO / "server" / "dashboard" / "static" / "compare.js").read_text()
+    choices = re.findall(r"(\w+):", re.search(r"const MEMORY = \{(.*?)\};", page, re.S)[1])
+    assert choices == list(get_args(MemoryMetric))
+    assert client.get("/api/compare").json()["memory"] == choices[0] == "activation"
 
 
 def test_cancel_queued_run_and_delete_conflicts(client):

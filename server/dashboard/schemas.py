@@ -14,7 +14,7 @@ from common.record import ClientRecord
 
 # per-client memory quantities a comparison can put on its axis (``<metric>_bytes`` of the
 # record); the default, activations kept, is what the compression methods change
-MemoryMetric = Literal["activation", "training", "compressed", "peak_step", "peak_forward",
+MemoryMetric = Literal["activation", "training", "peak_step", "compressed", "peak_forward",
                        "total"]
 RUN_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
 
