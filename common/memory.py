@@ -390,7 +390,7 @@ def cgroup_memory(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = CG
         base, path = groups[version]
         peak_name, limit_name = CGROUP_FILES[version]
         for folder in (base / path.lstrip("/"), base):
-            if (folder / peak_name).exists():
+            if (folder / limit_name).exists():  # (v2's memory.peak needs Linux 5.19)
                 return _read_bytes(folder / peak_name), _read_bytes(folder / limit_name)
     return None, None
 

@@ -248,6 +248,8 @@ def test_cgroup_memory_reads_v1_and_v2(tmp_path) -> None:
         "memory/memory.max_usage_in_bytes": "5", "memory/memory.limit_in_bytes":
         "9223372036854771712"})
     assert cgroup_memory(*unlimited) == (5, None)
+    old_kernel = _cgroup_files(tmp_path / "v2old", "0::/", {"memory.max": "268435456"})
+    assert cgroup_memory(*old_kernel) == (None, 268435456)
     assert cgroup_memory(tmp_path / "missing", tmp_path) == (None, None)
 
 
