@@ -84,15 +84,25 @@ def test_an_ace9c78_database_upgrades_in_place_and_serves_its_runs(tmp_path: Pat
             ("0002",)]
 
 
-def test_a_new_database_matches_the_models_and_downgrades(tmp_path: Path) -> None:
+def test_the_revisions_from_nothing_build_the_models_schema_and_downgrade(tmp_path: Path
+                                                                         ) -> None:
     url = f"sqlite:///{tmp_path / 'new.db'}"
     engine = create_engine(url)
-    upgrade(engine)
+    command.upgrade(alembic_config(engine), "head")
     assert _schema_differences(url) == []
     upgrade(engine)  # at head: nothing to do
     command.downgrade(alembic_config(engine), "0001")
     columns = {c["name"] for c in inspect(engine).get_columns("clients")}
     assert "peak_bytes" in columns and not columns & (NEW_FIELDS | {"peak_forward_bytes"})
+
+
+def test_a_new_database_is_made_at_the_newest_revision(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    upgrade(create_engine(url))
+    assert _schema_differences(url) == []
+    with create_engine(url).connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
+            ("0002",)]
 
 
 def test_downgrade_keeps_the_old_runs(tmp_path: Path) -> None:
