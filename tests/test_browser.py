@@ -157,8 +157,7 @@ def test_run_page_follows_events_live(browser, tmp_path):
     wait = WebDriverWait(browser, 30)
     with DashboardProcess(tmp_path, "--max-runs", "0") as server:
         config = {"name": "live", "fleet": [{"device": "rpi5", "count": 4}], "rounds": 3}
-        # the first validation builds the model (imports torch): slow on a loaded machine
-        experiment = httpx.post(f"{server.url}/api/experiments", json=config, timeout=60).json()
+        experiment = server.create_experiment(config)
         attached = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/attach").json()
         run_id = attached["run"]["id"]
         headers = {"Authorization": f"Bearer {attached['report_token']}"}
