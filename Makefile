@@ -20,7 +20,7 @@ PACKAGES = dataset-fashion-mnist
 test: PACKAGES += chromium chromium-driver docker-compose
 compose-test: PACKAGES += docker-compose docker.io debootstrap debian-archive-keyring
 
-.PHONY: run test install system data lint bench compose-test clean
+.PHONY: run test install system data lint bench flwr-run compose-test clean
 
 system:
 	deploy/debian-packages.sh $(PACKAGES)
@@ -54,6 +54,11 @@ bench: data
 	$(BIN)/python -m bench.ops
 	$(BIN)/python -m bench.pareto
 	$(BIN)/python -m bench.fleet
+
+# Plain Flower: `flwr run .` (EXPERIMENT, default the quickstart: 20 SuperNodes) on a local
+# SuperLink started before and stopped after the run, in this virtualenv (no `uv sync` per run).
+flwr-run: data
+	VENV_BIN=$(abspath $(BIN)) EXPERIMENT=$(EXPERIMENT) deploy/flwr-run.sh
 
 # The compose fleet on a real Docker engine (root; installs its Debian packages as above):
 # engine (started and stopped here when none runs), image, >= 8 memory-capped device containers,

@@ -4,6 +4,7 @@ the data step, and the browser test failing rather than skipping when `make test
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -108,3 +109,58 @@ def test_missing_browser_fails_when_required(require: str, outcome: str) -> None
     assert outcome in done.stdout, done.stdout[-2000:]
     assert done.returncode == (1 if require else 0)
     assert "/nonexistent/chromium not found: install Debian's chromium" in done.stdout
+
+
+def _processes_with(flwr_home: Path) -> list[str]:
+    """Command lines of live (not zombie) processes whose environment has this ``FLWR_HOME``:
+    the SuperLink, its SuperExecs, the simulation and its Ray processes all inherit it."""
+    needle = f"FLWR_HOME={flwr_home}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+        if needle in environ and state != "Z":
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_flwr_run_script_runs_the_app_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """deploy/flwr-run.sh: plain ``flwr run .`` of a 3-device experiment on its own SuperLink,
+    events in the fresh out-dir it names, and no Flower or Ray process left afterwards."""
+    import yaml
+
+    from tests.dashboard_support import tiny_config
+
+    experiment = tmp_path / "tiny.yaml"
+    experiment.write_text(yaml.safe_dump(tiny_config()))
+    flwr_home = tmp_path / "flwr-home"
+    env = {**os.environ, "EXPERIMENT": str(experiment), "FLWR_HOME": str(flwr_home),
+           "VENV_BIN": str(Path(sys.executable).parent)}
+    script = subprocess.Popen([BASH, str(REPO / "deploy" / "flwr-run.sh")], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        output, _ = script.communicate(timeout=480)
+    finally:
+        if script.poll() is None:  # its EXIT trap stops the SuperLink
+            os.killpg(script.pid, 15)
+            script.wait(timeout=30)
+    assert script.returncode == 0, output[-3000:]
+    header = next(line for line in output.splitlines() if line.startswith("flwr-run: SuperLink"))
+    assert ", 3 SuperNodes, out-dir " in header
+    out = Path(header.rsplit("out-dir ", 1)[1])
+    try:
+        assert out.parent == REPO / "runs" and out.name.startswith("flwr-")
+        rounds = [json.loads(line)["round"] for line in
+                  (out / "events.jsonl").read_text().splitlines()]
+        assert {r["round"] for r in rounds if r} >= {1, 2}
+        assert "uv sync" not in output and not (flwr_home / "runtime-envs").exists()
+        assert _processes_with(flwr_home) == []
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
