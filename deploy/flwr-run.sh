@@ -33,9 +33,12 @@ read -r port nodes < <("$bin/python" - "${EXPERIMENT:-examples/quickstart.yaml}"
 import socket, sys
 import tomli_w
 sys.path.insert(0, ".")
-from common.config import load_config
+from common.validate import ConfigError, load_config
 experiment, out, run_config = sys.argv[1:]
-config = load_config(experiment)
+try:
+    config = load_config(experiment)
+except ConfigError as error:
+    sys.exit(f"flwr-run: {experiment}:\n{error}")
 with open(run_config, "wb") as handle:
     tomli_w.dump({"config-json": config.model_dump_json(), "out-dir": out}, handle)
 with socket.socket() as s:
