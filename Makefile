@@ -16,16 +16,17 @@ export OMP_WAIT_POLICY ?= PASSIVE
 #   docker-compose            `docker-compose config` of the generated compose files
 #   docker.io debootstrap debian-archive-keyring
 #                             compose-test: the Docker engine, the base image without a registry
-PACKAGES = dataset-fashion-mnist
+#   python3-venv              only where $(PY) lacks ensurepip (Debian's python3), for the venv
+PACKAGES = dataset-fashion-mnist $(shell $(PY) -c 'import ensurepip' 2>/dev/null || echo python3-venv)
 test: PACKAGES += chromium chromium-driver docker-compose
 compose-test: PACKAGES += docker-compose docker.io debootstrap debian-archive-keyring
 
 .PHONY: run test install system data lint bench flwr-run compose-test clean
 
 system:
-	deploy/debian-packages.sh $(PACKAGES)
+	deploy/debian-packages.sh $(strip $(PACKAGES))
 
-$(BIN)/python:
+$(BIN)/python: | system
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 

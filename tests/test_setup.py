@@ -96,6 +96,10 @@ def test_make_sets_up_before_running_and_requires_the_browser() -> None:
     assert commands("run")[:2] == [system, fetch]
     assert commands("compose-test")[:2] == [
         f"{system} docker-compose docker.io debootstrap debian-archive-keyring", fetch]
+    # an interpreter without ensurepip (Debian's python3 alone) gets python3-venv first
+    fresh = subprocess.run(["make", "-n", "run", "PY=false"], cwd=REPO, capture_output=True,
+                           text=True, timeout=60, check=True).stdout.splitlines()
+    assert fresh[:2] == [f"{system} python3-venv", "false -m venv .venv"]
 
 
 @pytest.mark.parametrize(("require", "outcome"), [("1", "1 error"), ("", "1 skipped")])
