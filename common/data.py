@@ -111,8 +111,8 @@ def _read_cifar_batches(paths: list[Path], label_key: bytes) -> tuple[np.ndarray
 
 
 def _read(spec: DatasetSpec, paths: list[Path]) -> Arrays:
-    """Decode the files :func:`common.fetch.locate` found (train files first, the test file or
-    files last: Fashion-MNIST's four IDX files; CIFAR's pickle batches, one test batch)."""
+    """Decode the files :func:`common.fetch.locate` found, train files first: Fashion-MNIST's
+    four IDX files; CIFAR's pickle batches, of which the last is the test batch."""
     if spec.name == "fashion-mnist":
         train_x, train_y, test_x, test_y = (read_idx(path) for path in paths)
         return train_x[:, None], train_y, test_x[:, None], test_y
