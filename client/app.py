@@ -162,7 +162,7 @@ def _reply(msg: Message, record: ClientRecord, **content: ArrayRecord) -> Messag
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Accuracy and loss of the global model on this node's local data."""
+    """Accuracy of the global model on this node's local data, as an evaluate record."""
     config, node, server_round = _setup(msg, context)
     if not node.available(config, server_round):
         return _dropped(msg, node, server_round)

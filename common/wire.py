@@ -34,6 +34,7 @@ def key(field: str) -> str:
 
 
 def field(key: str) -> str:
+    """The record field of a reply key: ``num-examples`` -> ``num_examples``."""
     return key.replace("-", "_")
 
 
