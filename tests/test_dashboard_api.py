@@ -12,9 +12,12 @@ from typing import get_args
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from sqlalchemy.dialects import postgresql
 
 from common.record import ClientRecord
+from server.dashboard import store
 from server.dashboard.app import create_app
+from server.dashboard.models import ClientRow
 from server.dashboard.schemas import MemoryMetric
 from server.dashboard.settings import Settings
 from tests.config_cases import BAD_EXPERIMENTS, experiment
@@ -411,3 +414,23 @@ def test_a_run_that_cannot_start_fails_and_the_queue_goes_on(tmp_path):
                            ["status"] == "failed" and r, 30, "the run to fail")
             assert "runner error" in run["message"] and "no-such-edgefed" in run["message"]
         assert c.get("/api/info").status_code == 200
+
+
+def test_upsert_on_postgresql_and_on_dialects_without_one(tmp_path, monkeypatch):
+    """PostgreSQL gets the same ``ON CONFLICT .. DO UPDATE`` as SQLite; a dialect without a
+    native upsert (none here: forced) updates, and inserts when nothing matched."""
+    statement = store._native_upsert("postgresql", ClientRow.__table__,
+                                     ("round", "phase", "partition_id"), ("status", "reason"))
+    sql = str(statement.compile(dialect=postgresql.dialect()))
+    assert "ON CONFLICT (run_id, round, phase, partition_id) DO UPDATE SET status = " \
+           "excluded.status, reason = excluded.reason" in sql
+
+    monkeypatch.setattr(store, "NATIVE_UPSERT", {})
+    with make_client(tmp_path) as client:
+        run_id, headers = attach(client, create(client)["id"])
+        post(client, run_id, headers, client_event(run_id, 1, 0, status="oom", reason="first"))
+        post(client, run_id, headers, client_event(run_id, 1, 0, training_bytes=7))
+        post(client, run_id, headers, client_event(run_id, 1, 1))
+        rows = client.get(f"/api/runs/{run_id}/clients").json()
+    assert [(r["partition_id"], r["status"], r["training_bytes"]) for r in rows] == [
+        (0, "ok", 7), (1, "ok", None)]
