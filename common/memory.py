@@ -33,6 +33,9 @@ training + transient``.
 ``measure`` leaves the model and optimizer as it found them: parameters, buffers (BatchNorm
 running statistics), gradients, optimizer state and the RNG state are restored afterwards.
 State a method keeps outside the state dict (e.g. ASI's warm-start factors) does advance.
+
+``cgroup_memory`` reads what the kernel accounts for the whole process instead: the peak and the
+limit of its memory cgroup (a deployment node's group, a compose container).
 """
 
 from __future__ import annotations
