@@ -16,7 +16,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Method = Literal["vanilla", "svd", "hosvd", "asi", "gradfilter"]
+from common.compression.registry import DEFAULT_EPS, DEFAULT_RADIUS, METHODS, RADII, method_spec
+
+Method = Literal[METHODS]  # the registry's names, in its order
 ModelName = Literal["mobilenetv2", "resnet18", "resnet34", "mcunet", "smallcnn"]
 DatasetName = Literal["fashion-mnist", "cifar10", "cifar100"]
 Partitioner = Literal["iid", "dirichlet", "pathological"]
@@ -37,15 +39,38 @@ class _Strict(BaseModel):
 
 
 class CompressionConfig(_Strict):
-    """How a client keeps activations for backward (see ``common.compression``)."""
+    """How a client keeps activations for backward (see ``common.compression.registry``).
+
+    The parameter fields are shared by the methods; each method uses those its registry entry
+    takes (:meth:`wrap_params`). ``rank`` has no default: given for a method that takes no
+    rank, it is an error rather than ignored.
+    """
 
     method: Method = "hosvd"
     last_k: int = Field(
         4, ge=1, le=64, description="number of trailing Conv2d/Linear layers fine-tuned"
     )
-    eps: float = Field(0.8, gt=0.0, le=1.0, description="explained-variance threshold (svd, hosvd)")
+    eps: float = Field(DEFAULT_EPS, gt=0.0, le=1.0,
+                       description="explained-variance threshold (svd, hosvd, asi)")
     rank: int | None = Field(None, ge=1, le=4096, description="fixed rank per mode (asi, hosvd)")
-    radius: Literal[2, 4, 7] = Field(2, description="patch radius R (gradfilter)")
+    radius: Literal[RADII] = Field(DEFAULT_RADIUS, description="patch radius R (gradfilter)")
+
+    @model_validator(mode="after")
+    def _check_rank(self) -> CompressionConfig:
+        if self.rank is not None and not method_spec(self.method).takes("rank"):
+            raise ValueError(f"rank: method {self.method!r} takes no rank (it takes: "
+                             f"{', '.join(method_spec(self.method).param_names) or 'nothing'})")
+        return self
+
+    def wrap_params(self) -> dict[str, float | int]:
+        """The ``wrap_last_layers`` keyword arguments of this setting: the parameters the
+        method takes (a ``rank`` replaces ``eps``)."""
+        return method_spec(self.method).choose(self.model_dump())
+
+    def tag(self) -> str:
+        """Short name: method, layers and its own parameters (``hosvd-k4-eps0.8``)."""
+        own = method_spec(self.method).tag(self.wrap_params())
+        return "-".join(part for part in (self.method, f"k{self.last_k}", own) if part)
 
 
 class FleetEntry(_Strict):
@@ -134,21 +159,12 @@ class SweepConfig(_Strict):
         name = self.base.get("name", "sweep")
         return [
             ExperimentConfig.model_validate({
-                **self.base, "name": f"{name}-{_tag(method)}-{fleet_name}",
+                **self.base, "name": f"{name}-{method.tag()}-{fleet_name}",
                 "compression": method.model_dump(), "fleet": [e.model_dump() for e in fleet],
             })
             for method in self.methods
             for fleet_name, fleet in self.fleets.items()
         ]
-
-
-def _tag(c: CompressionConfig) -> str:
-    """Short name of a compression setting: method, layers and its own parameter."""
-    own = {"svd": f"eps{c.eps}", "hosvd": f"eps{c.eps}", "asi": f"eps{c.eps}",
-           "gradfilter": f"r{c.radius}"}.get(c.method, "")
-    if c.rank is not None and c.method in ("hosvd", "asi"):
-        own = f"rank{c.rank}"
-    return "-".join(part for part in (c.method, f"k{c.last_k}", own) if part)
 
 
 def _read_mapping(path: str | Path) -> dict:

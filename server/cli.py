@@ -3,6 +3,7 @@
     edgefed run CONFIG [--engine simulation|deployment] [--out DIR] [--run-id ID]
                        [--report-url URL] [--report-token TOKEN]
     edgefed devices
+    edgefed methods
     edgefed plan --device D --model M
     edgefed fleet up|down|status
     edgefed sweep SWEEP [--engine E] [--out DIR]
@@ -29,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from common.compression.registry import REGISTRY
 from common.config import Engine, ExperimentConfig, ModelName, load_config, load_sweep
 from common.devices import FleetError, assign_devices, load_catalogue, validate_fleet
 from common.events import ClientResult, Event
@@ -155,6 +157,18 @@ def devices() -> None:
     console.print(table)
     for name, mix in catalogue.fleets.items():
         console.print(f"fleet [bold]{name}[/]: " + ", ".join(f"{n} x {d}" for d, n in mix.items()))
+
+
+@app.command()
+def methods() -> None:
+    """List the compression methods (the registry), their parameters and fallbacks."""
+    table = Table(title="compression methods")
+    for column in ("method", "parameters", "planner falls back to", "what it keeps"):
+        table.add_column(column)
+    for spec in REGISTRY.values():
+        table.add_row(spec.name, "\n".join(f"{p.name}: {p.rule}" for p in spec.params) or "-",
+                      ", ".join(spec.cheaper) or "-", spec.summary)
+    console.print(table)
 
 
 @app.command()

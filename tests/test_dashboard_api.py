@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from common.compression.registry import REGISTRY
 from server.dashboard.app import create_app
 from server.dashboard.settings import Settings
 from tests.dashboard_support import tiny_config, wait_for
@@ -323,6 +324,10 @@ def test_catalogue_schema_and_pages(client):
     assert {"mcu", "rpi5"} <= {p["name"] for p in devices["profiles"]}
     schema = client.get("/api/schema/experiment").json()
     assert "fleet" in schema["required"] and "compression" in schema["properties"]
+    methods = client.get("/api/methods").json()
+    assert [m["name"] for m in methods] == list(REGISTRY)
+    assert {p["name"] for p in methods[list(REGISTRY).index("hosvd")]["params"]} == {
+        "eps", "rank", "budget_bytes"}
     for page in ("/", "/experiments/new", "/compare", "/runs/abc"):
         response = client.get(page)
         assert response.status_code == 200 and "<header>" in response.text
