@@ -36,10 +36,11 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 from torch.utils.data import DataLoader
 
 from client import replies
-from client.task import experiment, partitions, settings_of
+from client.task import partitions
 from common.config import ExperimentConfig
 from common.devices import assign_entries
 from common.events import ClientResult, RoundResult, RunState
+from common.runconfig import experiment, settings_of
 from common.train import evaluate as evaluate_model
 from server.report import Reporter
 from server.task import pretrained_model, test_dataset

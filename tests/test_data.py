@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from client import task
-from client.task import DEFAULT_EXPERIMENT, client_dataset, client_indices
+from client.task import client_dataset, client_indices
 from common import data
 from common.config import load_config
+from common.runconfig import DEFAULT_EXPERIMENT
 
 FMNIST = data.SPECS["fashion-mnist"]
 REPO = Path(__file__).resolve().parents[1]
@@ -255,7 +256,8 @@ def test_client_with_a_stored_partition_never_imports_flwr_datasets(cache: Path)
     rows = client_indices(config, 3, config.num_clients)
     script = textwrap.dedent("""
         import json, sys
-        from client.task import DEFAULT_EXPERIMENT, client_dataset, client_indices
+        from client.task import client_dataset, client_indices
+        from common.runconfig import DEFAULT_EXPERIMENT
         from common.config import load_config
         config = load_config(DEFAULT_EXPERIMENT)
         assert len(client_dataset(config, 3, config.num_clients)) == config.samples_per_client
