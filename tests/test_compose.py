@@ -148,6 +148,8 @@ def test_image_requirements_leave_out_ray() -> None:
     assert module.image_requirement("flwr[simulation, dp]>=1") == "flwr[dp]>=1"
     assert module.image_requirement("uvicorn[standard]>=0.30") == "uvicorn[standard]>=0.30"
     assert module.image_requirement("torch==2.13.0") == "torch==2.13.0"
+    assert module.image_requirement('Flwr [simulation] == 1.42; python_version >= "3.11"') == (
+        'Flwr==1.42; python_version >= "3.11"')  # any PEP 508 spelling
 
 
 @pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed")
