@@ -88,12 +88,12 @@ def resolve_node(
     config: ExperimentConfig, node_config: dict, catalogue: Catalogue | None = None
 ) -> Node:
     """The node's identity: ``partition-id`` (and ``num-partitions``) from the node-config;
-    the device from node-config ``device`` (deployment) or else from the seeded assignment
-    of the experiment's fleet (simulation)."""
+    the device from node-config ``device`` (deployment) or else from the one assignment of
+    the experiment's fleet (``common.devices.assign_entries``; simulation)."""
     catalogue = catalogue or load_catalogue()
     partition_id = int(node_config["partition-id"])
     num_partitions = int(node_config.get("num-partitions", config.num_clients))
-    entries = assign_entries(config)
+    entries = assign_entries(config.fleet)
     entry = entries[partition_id % len(entries)]
     device = catalogue.profile(str(node_config.get("device", entry.device)))
     return Node(partition_id, num_partitions, device, config.policy_of(entry))

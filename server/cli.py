@@ -221,7 +221,7 @@ def fleet_up(
     if deployment.load(directory) is not None:
         console.print(f"a fleet is already up in {directory}; `edgefed fleet down` first")
         raise typer.Exit(1)
-    state = deployment.up(directory, assign_devices(config, catalogue))
+    state = deployment.up(directory, assign_devices(config.fleet, catalogue))
     limit = state.nodes[0].process.limit if state.nodes else "-"
     console.print(f"SuperLink {state.address}, {len(state.nodes)} SuperNodes, each ClientApp "
                   f"under its device's memory limit ({limit})")
