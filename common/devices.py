@@ -125,19 +125,20 @@ class FleetError(ValueError):
         self.field = field
 
 
-def check_fleet(fleet: Sequence[FleetEntry], catalogue: Catalogue) -> None:
-    """Every entry must name a catalogue profile; :class:`FleetError` naming the entry."""
-    for i, entry in enumerate(fleet):
-        if entry.device not in catalogue.profiles:
-            raise FleetError(
-                f"fleet[{i}].device",
-                f"unknown device {entry.device!r} (known: {', '.join(catalogue.profiles)})",
-            )
+def fleet_errors(config: ExperimentConfig, catalogue: Catalogue) -> list[FleetError]:
+    """One :class:`FleetError` per fleet entry that names no catalogue profile."""
+    return [
+        FleetError(f"fleet[{i}].device",
+                   f"unknown device {entry.device!r} (known: {', '.join(catalogue.profiles)})")
+        for i, entry in enumerate(config.fleet) if entry.device not in catalogue.profiles
+    ]
 
 
 def validate_fleet(config: ExperimentConfig, catalogue: Catalogue) -> None:
-    """Every fleet entry of the experiment must name a catalogue profile (:func:`check_fleet`)."""
-    check_fleet(config.fleet, catalogue)
+    """Every fleet entry must name a catalogue profile; raises the first :class:`FleetError`."""
+    errors = fleet_errors(config, catalogue)
+    if errors:
+        raise errors[0]
 
 
 def assign_entries(fleet: Sequence[FleetEntry]) -> list[FleetEntry]:
@@ -149,6 +150,6 @@ def assign_entries(fleet: Sequence[FleetEntry]) -> list[FleetEntry]:
 
 
 def assign_devices(fleet: Sequence[FleetEntry], catalogue: Catalogue) -> list[DeviceProfile]:
-    """Partition id -> device profile, by :func:`assign_entries`."""
-    check_fleet(fleet, catalogue)
-    return [catalogue.profiles[entry.device] for entry in assign_entries(fleet)]
+    """Partition id -> device profile, by :func:`assign_entries` (``KeyError`` listing the
+    known profiles for a device the catalogue does not have)."""
+    return [catalogue.profile(entry.device) for entry in assign_entries(fleet)]

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from common.config import ExperimentConfig, load_config
+from common.config import ExperimentConfig
+from common.validate import load_config
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 

@@ -18,7 +18,8 @@ from torch import nn
 from client.planner import candidates
 from common.compression import wrap_last_layers, wrapped_layers
 from common.compression.registry import METHODS, RADII, REGISTRY, method_spec
-from common.config import CompressionConfig, ExperimentConfig, Method
+from common.config import CompressionConfig, ConfigError, ExperimentConfig, Method
+from common.validate import check_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRY_FILE = REPO / "common" / "compression" / "registry.py"
@@ -118,8 +119,12 @@ def test_planner_falls_back_along_the_registry(method: str) -> None:
 
 @pytest.mark.parametrize("method", [m for m in METHODS if not method_spec(m).takes("rank")])
 def test_a_rank_for_a_method_without_ranks_is_an_error(method: str) -> None:
-    with pytest.raises(ValidationError, match=f"rank: method '{method}' takes no rank"):
+    with pytest.raises(ValidationError, match=f"rank\n.*method '{method}' takes no rank"):
         CompressionConfig(method=method, rank=4)
+    with pytest.raises(ConfigError) as refused:
+        check_experiment({"fleet": [{"device": "rpi5", "count": 2}],
+                          "compression": {"method": method, "rank": 4}})
+    assert [p.field for p in refused.value.problems] == ["compression.rank"]
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if method_spec(m).takes("rank")])
