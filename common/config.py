@@ -17,10 +17,11 @@ from typing import Annotated, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from common.compression.registry import DEFAULT_EPS, DEFAULT_RADIUS, METHODS, RADII, method_spec
+from common.datasets import SPECS
 
 Method = Literal[METHODS]  # the registry's names, in its order
 ModelName = Literal["mobilenetv2", "resnet18", "resnet34", "mcunet", "smallcnn"]
-DatasetName = Literal["fashion-mnist", "cifar10", "cifar100"]
+DatasetName = Literal[tuple(SPECS)]  # the data sets of common.datasets
 Partitioner = Literal["iid", "dirichlet", "pathological"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam"]
 Policy = Literal["fixed", "fit"]
@@ -28,7 +29,6 @@ Engine = Literal["simulation", "deployment"]
 
 MAX_CLIENTS = 2000
 MAX_ROUNDS = 500
-NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\- ]+$")]
 DEFER_CROSS_CHECKS = "defer_cross_checks"  # validation-context key: see ExperimentConfig
 
@@ -161,7 +161,7 @@ class ExperimentConfig(_Strict):
             found.append((Problem("min_train_clients", f"{self.min_train_clients} exceeds the "
                                   f"fleet's {self.num_clients} clients"),
                           ("min_train_clients", "fleet")))
-        num_classes = NUM_CLASSES[self.dataset]
+        num_classes = SPECS[self.dataset].num_classes
         if self.partitioner == "pathological" and self.classes_per_client > num_classes:
             found.append((Problem("classes_per_client", f"{self.classes_per_client} exceeds the "
                                   f"{num_classes} classes of {self.dataset}"),

@@ -32,7 +32,6 @@ import tarfile
 import tempfile
 import urllib.request
 import zipfile
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
@@ -41,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
+
+from common.datasets import FMNIST_FILES, DatasetSpec, dataset_spec
 
 CACHE_ENV = "EDGEFED_CACHE"
 MAX_TENSOR_BYTES = 8 * 2**30
@@ -52,41 +53,6 @@ PARTITION_CACHE_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a model needs to know about a dataset, plus where its files come from."""
-
-    name: str
-    num_classes: int
-    channels: int
-    side: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    urls: tuple[str, ...]
-    system_root: str | None = None
-
-
-_FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-_FMNIST_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-SPECS = {
-    "fashion-mnist": DatasetSpec(
-        "fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,),
-        tuple(_FMNIST_URL + f for f in _FMNIST_FILES), "/usr/share/datasets/fashion-mnist",
-    ),
-    "cifar10": DatasetSpec(
-        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
-    ),
-    "cifar100": DatasetSpec(
-        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-        ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
-    ),
-}
 _CIFAR_FILES = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
                 b"labels"),
@@ -99,13 +65,6 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 def cache_dir() -> Path:
     """The download/checkpoint cache: ``$EDGEFED_CACHE`` or ``~/.cache/edgefed``."""
     return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "edgefed"))
-
-
-def dataset_spec(name: str) -> DatasetSpec:
-    """The spec of dataset ``name``; ``ValueError`` naming ``dataset`` if unknown."""
-    if name not in SPECS:
-        raise ValueError(f"dataset: unknown dataset {name!r}, expected one of {', '.join(SPECS)}")
-    return SPECS[name]
 
 
 # ---------------------------------------------------------------------------- file formats
@@ -138,7 +97,7 @@ def find_files(spec: DatasetSpec, folder: Path) -> list[Path]:
     ``FileNotFoundError`` naming the folder and the first missing file.
     """
     if spec.name == "fashion-mnist":
-        return [_idx_file(folder, name) for name in _FMNIST_FILES]
+        return [_idx_file(folder, name) for name in FMNIST_FILES]
     subdir, train_files, test_files, _ = _CIFAR_FILES[spec.name]
     base = folder / subdir if (folder / subdir).is_dir() else folder
     paths = [base / name for name in train_files + test_files]

@@ -20,10 +20,11 @@ import torch
 from client import task
 from client.task import client_dataset, client_indices
 from common import data
+from common.datasets import FMNIST_FILES, SPECS
 from common.runconfig import DEFAULT_EXPERIMENT
 from common.validate import load_config
 
-FMNIST = data.SPECS["fashion-mnist"]
+FMNIST = SPECS["fashion-mnist"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -39,7 +40,7 @@ def _fake_fashion_mnist(folder: Path, n_train: int = 40, n_test: int = 10) -> np
     rng = np.random.default_rng(0)
     train = rng.integers(0, 256, (n_train, 28, 28))
     for name, array in zip(
-        data._FMNIST_FILES,
+        FMNIST_FILES,
         [train, np.arange(n_train) % 10, rng.integers(0, 256, (n_test, 28, 28)),
          np.arange(n_test) % 10],
         strict=True,
@@ -84,7 +85,7 @@ def test_resize_native_and_channels(size: int, channels: int) -> None:
 
 def test_channel_conversion_refused() -> None:
     with pytest.raises(ValueError, match="channels"):
-        data.to_tensor(np.zeros((1, 3, 32, 32), np.uint8), data.SPECS["cifar10"], 32, 1)
+        data.to_tensor(np.zeros((1, 3, 32, 32), np.uint8), SPECS["cifar10"], 32, 1)
 
 
 def test_fashion_mnist_from_a_folder(tmp_path: Path) -> None:
@@ -136,7 +137,7 @@ def test_cifar10_from_a_folder(tmp_path: Path) -> None:
     train, test = data.load_dataset("cifar10", 32, root=str(tmp_path))
     assert train.tensors[0].shape == (20, 3, 32, 32)
     assert data.labels_of(test).tolist() == [5, 5, 9, 0]
-    expected = (4 / 255 - data.SPECS["cifar10"].mean[0]) / data.SPECS["cifar10"].std[0]
+    expected = (4 / 255 - SPECS["cifar10"].mean[0]) / SPECS["cifar10"].std[0]
     assert torch.allclose(train.tensors[0][-1, 0], torch.tensor(expected))
 
 
@@ -146,7 +147,7 @@ def test_download_extracts_archive_and_reports_failure(tmp_path: Path) -> None:
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    spec = replace(data.SPECS["cifar10"], urls=(archive.as_uri(),))
+    spec = replace(SPECS["cifar10"], urls=(archive.as_uri(),))
     target = tmp_path / "cache"
     data._download(spec, target)
     assert (target / "cifar-10-batches-py" / "test_batch").is_file()

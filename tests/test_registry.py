@@ -1,5 +1,5 @@
 """The method registry is the one list of methods: every consumer is derived from it, and no
-product source holds a list of method names of its own."""
+product source holds a list of method names of its own. Likewise the data sets' SPECS."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from torch import nn
 from client.planner import candidates
 from common.compression import wrap_last_layers, wrapped_layers
 from common.compression.registry import METHODS, RADII, REGISTRY, method_spec
-from common.config import CompressionConfig, ConfigError, ExperimentConfig, Method
+from common.config import CompressionConfig, ConfigError, DatasetName, ExperimentConfig, Method
+from common.datasets import SPECS, dataset_spec
 from common.validate import check_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +84,12 @@ def test_config_schema_is_the_registry() -> None:
     schema = ExperimentConfig.model_json_schema()["$defs"]["CompressionConfig"]["properties"]
     assert tuple(schema["method"]["enum"]) == METHODS
     assert tuple(schema["radius"]["enum"]) == RADII
+
+
+def test_config_datasets_are_the_specs() -> None:
+    assert get_args(DatasetName) == tuple(SPECS)
+    for name, spec in SPECS.items():
+        assert spec.name == name and dataset_spec(name) is spec
 
 
 def test_the_schema_does_not_load_torch() -> None:
