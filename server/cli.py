@@ -36,7 +36,7 @@ from common.compression.registry import REGISTRY
 from common.config import ConfigError, Engine, ExperimentConfig, ModelName
 from common.devices import assign_devices, load_catalogue
 from common.events import ClientResult, Event
-from common.validate import load_config, load_sweep, problems_of
+from common.validate import check_experiment, load_config, load_sweep, problems_of
 from server.compose import compose_command
 
 app = typer.Typer(help="Federated fine-tuning on memory-capped edge devices.", no_args_is_help=True)
@@ -60,7 +60,13 @@ def _fail(message: str) -> typer.Exit:
 
 
 def refuse(error: ConfigError) -> typer.Exit:
-    """Print every problem of ``error`` on stderr, one per line; the exit (code 2) to raise."""
+    """Print every problem of ``error`` on stderr, one per line; the exit (code 2) to raise.
+
+    A file that cannot be read or parsed is one line (``invalid config: f.yaml:3:1: ...``);
+    field problems follow a line naming the file.
+    """
+    if len(error.problems) == 1 and not error.problems[0].field:
+        return _fail(str(error.problems[0]))
     source = f" {error.source}" if error.source else ""
     errors.print(f"[bold red]invalid config[/]{escape(source)}:")
     for problem in error.problems:
@@ -184,8 +190,12 @@ def plan(
     catalogue = load_catalogue()
     if device not in catalogue.profiles:
         raise _fail(f"device: unknown device {device!r} (known: {', '.join(catalogue.profiles)})")
-    base = load_experiment(config_path) if config_path else load_experiment(DEMO_CONFIG)
-    config = base.model_copy(update={"model": model})
+    base = load_experiment(config_path or DEMO_CONFIG)
+    try:  # another model: last_k is checked against its layers
+        config = check_experiment({**base.model_dump(), "model": model},
+                                  source=f"{config_path or DEMO_CONFIG} with --model {model}")
+    except ConfigError as error:
+        raise refuse(error) from None
     from server.task import plan_device  # torch is imported only here
 
     result = plan_device(config, catalogue.profile(device))

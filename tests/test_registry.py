@@ -20,6 +20,7 @@ from common.compression import wrap_last_layers, wrapped_layers
 from common.compression.registry import METHODS, RADII, REGISTRY, method_spec
 from common.config import CompressionConfig, ConfigError, DatasetName, ExperimentConfig, Method
 from common.datasets import SPECS, dataset_spec
+from common.fetch import SOURCES
 from common.validate import check_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +89,7 @@ def test_config_schema_is_the_registry() -> None:
 
 def test_config_datasets_are_the_specs() -> None:
     assert get_args(DatasetName) == tuple(SPECS)
+    assert tuple(SOURCES) == tuple(SPECS)  # where each data set's files come from
     for name, spec in SPECS.items():
         assert spec.name == name and dataset_spec(name) is spec
 
