@@ -1,5 +1,5 @@
 """Training and evaluation loops, Setup-B pretraining with its checkpoint cache, and the
-centralized Setup-B demo."""
+compression settings' wrap parameters."""
 
 from __future__ import annotations
 
