@@ -3,6 +3,7 @@
     edgefed run CONFIG [--engine simulation|deployment] [--out DIR] [--run-id ID]
                        [--report-url URL] [--report-token TOKEN]
     edgefed devices
+    edgefed methods
     edgefed plan --device D --model M
     edgefed fleet up|down|status
     edgefed sweep SWEEP [--engine E] [--out DIR]
@@ -31,6 +32,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from common.compression.registry import REGISTRY
 from common.config import ConfigError, Engine, ExperimentConfig, ModelName
 from common.devices import assign_devices, load_catalogue
 from common.events import Event
@@ -170,6 +172,18 @@ def devices() -> None:
 
 
 @app.command()
+def methods() -> None:
+    """List the compression methods (the registry), their parameters and fallbacks."""
+    table = Table(title="compression methods")
+    for column in ("method", "parameters", "planner falls back to", "what it keeps"):
+        table.add_column(column)
+    for spec in REGISTRY.values():
+        table.add_row(spec.name, "\n".join(f"{p.name}: {p.rule}" for p in spec.params) or "-",
+                      ", ".join(spec.cheaper) or "-", spec.summary)
+    console.print(table)
+
+
+@app.command()
 def plan(
     device: Annotated[str, typer.Option(help="catalogue profile")],
     model: Annotated[ModelName, typer.Option(help="architecture")] = "mobilenetv2",
@@ -223,7 +237,7 @@ def fleet_up(
     if deployment.load(directory) is not None:
         console.print(f"a fleet is already up in {directory}; `edgefed fleet down` first")
         raise typer.Exit(1)
-    state = deployment.up(directory, assign_devices(config, catalogue))
+    state = deployment.up(directory, assign_devices(config.fleet, catalogue))
     limit = state.nodes[0].process.limit if state.nodes else "-"
     console.print(f"SuperLink {state.address}, {len(state.nodes)} SuperNodes, each ClientApp "
                   f"under its device's memory limit ({limit})")

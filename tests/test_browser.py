@@ -20,6 +20,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from common.compression.registry import REGISTRY
 from tests.dashboard_support import REPO, DashboardProcess, wait_for
 
 CHROMIUM = Path(os.environ.get("EDGEFED_CHROMIUM") or "/usr/bin/chromium")
@@ -238,5 +239,30 @@ def test_run_page_follows_events_live(browser, tmp_path):
         wait.until(lambda d: "finished" in d.find_element(
             By.CSS_SELECTOR, f"tr[data-experiment='{experiment['id']}']").text)
         browser.save_screenshot(str(OUTPUT / "dashboard-list.png"))
+        errors = [e["message"] for e in browser.get_log("browser")]
+        assert not errors, errors
+
+
+def test_method_lists_come_from_the_registry(browser, tmp_path):
+    """The form's method choice, its help line and the comparison chart's legend are the
+    registry's, read through the API."""
+    wait = WebDriverWait(browser, 30)
+    with DashboardProcess(tmp_path, "--max-runs", "0") as server:
+        browser.get(f"{server.url}/experiments/new")
+        wait.until(lambda d: d.find_elements(By.ID, "method-help"))
+        select = Select(browser.find_element(By.ID, "f-compression-method"))
+        assert [o.get_attribute("value") for o in select.options] == list(REGISTRY)
+        for name, spec in REGISTRY.items():
+            select.select_by_value(name)
+            help_text = browser.find_element(By.ID, "method-help").text
+            assert help_text.startswith(spec.summary), (name, help_text)
+            assert all(p in help_text for p in spec.param_names), (name, help_text)
+        browser.get(f"{server.url}/compare")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".legend span"))
+        legend = [s.text for s in browser.find_elements(By.CSS_SELECTOR, ".legend span")]
+        assert legend[:len(REGISTRY)] == list(REGISTRY)
+        colours = {s.find_element(By.TAG_NAME, "i").get_attribute("style")
+                   for s in browser.find_elements(By.CSS_SELECTOR, ".legend span")[:len(REGISTRY)]}
+        assert len(colours) == len(REGISTRY)  # one colour per method
         errors = [e["message"] for e in browser.get_log("browser")]
         assert not errors, errors

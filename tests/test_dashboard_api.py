@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from sqlalchemy.dialects import postgresql
 
+from common.compression.registry import REGISTRY
 from common.record import ClientRecord
 from server.dashboard import store
 from server.dashboard.app import create_app
@@ -391,6 +392,10 @@ def test_catalogue_schema_and_pages(client):
     assert {"mcu", "rpi5"} <= {p["name"] for p in devices["profiles"]}
     schema = client.get("/api/schema/experiment").json()
     assert "fleet" in schema["required"] and "compression" in schema["properties"]
+    methods = client.get("/api/methods").json()
+    assert [m["name"] for m in methods] == list(REGISTRY)
+    assert {p["name"] for p in methods[list(REGISTRY).index("hosvd")]["params"]} == {
+        "eps", "rank", "budget_bytes"}
     for page in ("/", "/experiments/new", "/compare", "/runs/abc"):
         response = client.get(page)
         assert response.status_code == 200 and "<header>" in response.text
