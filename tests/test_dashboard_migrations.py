@@ -11,13 +11,15 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from pydantic import BaseModel
+from sqlalchemy import Text, create_engine, inspect, text
 
 from server.dashboard.migrations import alembic_config, upgrade
-from server.dashboard.models import Base
+from server.dashboard.models import Base, record_columns
 from tests.test_dashboard_api import client_event, make_client, post
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -113,3 +115,13 @@ def test_downgrade_keeps_the_old_runs(tmp_path: Path) -> None:
         peaks = connection.execute(text("SELECT DISTINCT peak_bytes FROM clients "
                                         "WHERE status = 'ok' AND phase = 'train'")).all()
     assert peaks == [(13_762_560,)]
+
+
+def test_a_record_field_without_a_column_type_is_named() -> None:
+    class Odd(BaseModel):
+        fine: int | None = None
+        odd: int | str
+
+    with pytest.raises(TypeError, match=r"odd: no column type for int \| str"):
+        record_columns(Odd, {})
+    assert [c.name for c in record_columns(Odd, {"odd": Text()})] == ["fine", "odd"]

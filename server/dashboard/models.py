@@ -107,31 +107,29 @@ def _nullable(annotation: object) -> bool:
     return get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation)
 
 
-def _without_none(annotation: object) -> object:
-    if not _nullable(annotation):
-        return annotation
-    kinds = [t for t in get_args(annotation) if t is not type(None)]
-    return kinds[0] if len(kinds) == 1 else Union[tuple(kinds)]  # noqa: UP007
-
-
-def _sql_type(field: FieldInfo) -> TypeEngine:
+def _sql_type(name: str, field: FieldInfo) -> TypeEngine:
     """The column type of a record field: ints are 64-bit, strings bounded by their
     ``max_length`` (a Literal by its longest value), lists JSON."""
-    kind = _without_none(field.annotation)
-    if get_origin(kind) is Literal:
+    kinds = [t for t in get_args(field.annotation) if t is not type(None)] if _nullable(
+        field.annotation) else [field.annotation]
+    kind = kinds[0]
+    if len(kinds) == 1 and get_origin(kind) is Literal:
         return String(max(len(v) for v in get_args(kind)))
-    if get_origin(kind) in (list, dict):
+    if len(kinds) == 1 and get_origin(kind) in (list, dict):
         return JSON()
-    if kind is str:
+    if kinds == [str]:
         lengths = [m.max_length for m in field.metadata if isinstance(m, MaxLen)]
         return String(lengths[0]) if lengths else Text()
-    return {int: BigInteger(), float: Double(), bool: Boolean()}[kind]
+    scalar = {int: BigInteger, float: Double, bool: Boolean}
+    if len(kinds) == 1 and kind in scalar:
+        return scalar[kind]()
+    raise TypeError(f"{name}: no column type for {field.annotation} (give one in types)")
 
 
 def record_columns(record: type[BaseModel], types: dict[str, TypeEngine]) -> list[Column]:
     """One column per field of ``record``, in field order: its type derived from the
     annotation (or given in ``types``), nullable where the field admits None."""
-    return [Column(name, types[name] if name in types else _sql_type(field),
+    return [Column(name, types[name] if name in types else _sql_type(name, field),
                    nullable=_nullable(field.annotation))
             for name, field in record.model_fields.items()]
 
