@@ -86,6 +86,7 @@ def run(
 
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     out = out or Path("runs") / run_id
+    _claimable(out)
     runner.install_signal_handlers()
     clients: dict[int, ClientResult] = {}
     with Progress(
@@ -114,12 +115,28 @@ def run(
     console.print(client_table(clients.values()))
     rounds = [e.round for e in outcome.events if e.round is not None]
     if rounds:
-        console.print(f"test accuracy {rounds[0].accuracy:.4f} (pretrained) -> "
+        start = "pretrained" if config.pretrain_epochs else "initial"
+        console.print(f"test accuracy {rounds[0].accuracy:.4f} ({start}) -> "
                       f"{rounds[-1].accuracy:.4f} after round {rounds[-1].round}")
     console.print(f"flower status {outcome.status}, {outcome.wall_s:.1f} s; events in "
                   f"{out / 'events.jsonl'}")
-    if outcome.status != "finished:completed":
+    final = outcome.state
+    if final.status != "finished":
+        console.print(f"[bold red]run failed[/]: {final.message}")
         raise typer.Exit(1)
+    if outcome.verdict.degraded:
+        console.print(f"[yellow]{final.message}[/]")
+
+
+def _claimable(out: Path) -> None:
+    """Exit 2 before anything is written if ``out`` holds an earlier run's files."""
+    from server.runner import OutDirInUse, check_out_dir
+
+    try:
+        check_out_dir(out)
+    except OutDirInUse as err:
+        console.print(f"[bold red]invalid output folder[/]: {err}")
+        raise typer.Exit(INVALID) from None
 
 
 def client_table(results: object) -> Table:
@@ -257,13 +274,20 @@ def sweep(
         raise _fail(_validation_message(err)) from None
     except (FleetError, ValueError, OSError) as err:
         raise _fail(str(err)) from None
+    for config in experiments:
+        _claimable(out / config.name)
     from server import runner
 
     runner.install_signal_handlers()
     rows = []
     for config in experiments:
         console.print(f"[bold]{config.name}[/]")
-        outcome = runner.run(config, load_catalogue(), engine, out / config.name, config.name)
+        try:
+            outcome = runner.run(config, load_catalogue(), engine, out / config.name,
+                                 config.name)
+        except runner.RunCancelled as why:
+            console.print(f"[yellow]cancelled ({why}); every process stopped[/]")
+            raise typer.Exit(130) from None
         rows.append(sweep_row(config, outcome))
     table = Table(title=f"sweep {sweep_path.name}")
     for column in rows[0]:
@@ -281,7 +305,8 @@ def sweep_row(config: ExperimentConfig, outcome: object) -> dict[str, object]:
     ok = [c for c in clients if c.status == "ok"]
     return {
         "experiment": config.name,
-        "status": outcome.status,
+        "status": outcome.state.status,
+        "degraded": outcome.verdict.degraded,
         "accuracy": round(rounds[-1].accuracy, 4) if rounds else None,
         "activation_bytes": int(sum(c.activation_bytes for c in ok) / len(ok)) if ok else None,
         "compressed_bytes": int(sum(c.compressed_bytes for c in ok) / len(ok)) if ok else None,

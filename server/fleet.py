@@ -9,9 +9,10 @@ runtime finds ``flwr-clientapp`` first on its PATH in the node's ``bin`` folder,
 enters the limit and execs the real one (the loopback twin of ``deploy/device/flwr-clientapp``
 in the compose fleet). The SuperNode and its app runtime, the node's link to the SuperLink, stay
 outside the limit: a ClientApp killed for exceeding it is reported by its SuperNode as an error
-reply ("ClientApp stopped responding.", once its heartbeat expires) and the node goes on serving
-later messages. (With the app runtime inside the limit, the OOM killer could pick it instead; its
-node's messages were then never claimed and never answered.) The fleet is recorded in
+reply ("ClientApp stopped responding.", once its heartbeat expires; the ServerApp names it an
+out-of-memory kill from the cgroup's OOM record) and the node goes on serving later messages.
+(With the app runtime inside the limit, the OOM killer could pick it instead; its node's
+messages were then never claimed and never answered.) The fleet is recorded in
 ``<dir>/fleet.json`` so that ``down`` and ``status`` work from another process.
 """
 
@@ -62,6 +63,11 @@ class FleetState(BaseModel):
     def processes(self) -> list[procs.ManagedProcess]:
         own = [self.superlink] if self.superlink is not None else []
         return [*own, *(p for n in self.nodes for p in (n.supernode, n.process))]
+
+
+def limit_warning(state: FleetState) -> str | None:
+    """:data:`procs.RLIMIT_WARNING` if any node's ClientApps are only rlimit-limited."""
+    return procs.RLIMIT_WARNING if any(n.process.limit == "rlimit" for n in state.nodes) else None
 
 
 def superlink_cmd(port: int, simulation: bool) -> list[str]:
