@@ -229,7 +229,7 @@ def run(
                                                   report_token)))
     procs.become_subreaper()
     children_before = {p.pid for p in procs.new_children(set())}
-    flower_dir = out_dir / "flower"
+    flower_dir = out_dir / fleet.RUN_DIR
     started = time.monotonic()
     outcome = RunOutcome(status="failed", flwr_run_id=None)
     tail = _Tail(out_dir, run_id, outcome, on_event)
