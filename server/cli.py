@@ -228,6 +228,14 @@ def fleet_up(
     limit = state.nodes[0].process.limit if state.nodes else "-"
     console.print(f"SuperLink {state.address}, {len(state.nodes)} SuperNodes, each ClientApp "
                   f"under its device's memory limit ({limit})")
+    _warn_if_rlimit(state)
+
+
+def _warn_if_rlimit(state: object) -> None:
+    from server.fleet import limit_warning
+
+    if warning := limit_warning(state):
+        console.print(f"[yellow]warning[/]: {warning}")
 
 
 @fleet_app.command("down")
@@ -257,6 +265,7 @@ def fleet_status(directory: Annotated[Path, typer.Option("--dir")] = FLEET_DIR) 
             table.add_row(p.role, str(p.pid), node.device, p.limit, _mib(p.limit_bytes),
                           str(p.alive()))
     console.print(table)
+    _warn_if_rlimit(state)
 
 
 @app.command()

@@ -232,7 +232,7 @@ def run(
     flower_dir = out_dir / fleet.RUN_DIR
     started = time.monotonic()
     outcome = RunOutcome(status="failed", flwr_run_id=None)
-    tail = _Tail(out_dir, run_id, outcome, on_event)
+    tail = EventTail(out_dir, run_id, outcome, on_event)
     state: fleet.FleetState | None = None
     stopped: RunState | None = None  # how it ended when Flower could not say
     warning = None
@@ -296,7 +296,7 @@ def _shut_down(state: fleet.FleetState | None, outcome: RunOutcome, flower_dir: 
     (flower_dir / fleet.STATE_FILE).unlink(missing_ok=True)
 
 
-class _Tail:
+class EventTail:
     """Hands this run's new events in ``events.jsonl`` to the outcome and ``on_event``; lines of
     any other run id are skipped."""
 
@@ -315,7 +315,7 @@ class _Tail:
                 self.on_event(event)
 
 
-def _follow(state: fleet.FleetState, outcome: RunOutcome, tail: _Tail) -> str:
+def _follow(state: fleet.FleetState, outcome: RunOutcome, tail: EventTail) -> str:
     """Stream new events until Flower reports the run finished; returns its final status."""
     status = "pending"
     tick = 0
