@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -33,6 +33,9 @@ from common.config import Engine, ExperimentConfig, ModelName, load_config, load
 from common.devices import FleetError, assign_devices, load_catalogue, validate_fleet
 from common.events import ClientResult, Event
 from server.compose import compose_command
+
+if TYPE_CHECKING:
+    from server.fleet import FleetState
 
 app = typer.Typer(help="Federated fine-tuning on memory-capped edge devices.", no_args_is_help=True)
 fleet_app = typer.Typer(help="A deployment fleet on loopback: SuperLink + SuperNodes.")
@@ -231,7 +234,7 @@ def fleet_up(
     _warn_if_rlimit(state)
 
 
-def _warn_if_rlimit(state: object) -> None:
+def _warn_if_rlimit(state: FleetState) -> None:
     from server.fleet import limit_warning
 
     if warning := limit_warning(state):

@@ -8,8 +8,14 @@ Python + torch ClientApp.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -20,6 +26,8 @@ from common.events import ClientResult, Event
 from server import fleet as deployment
 from server import procs, runner
 from server.app import NodeDirectory
+from server.report import read_events
+from tests.dashboard_support import REPO, DashboardProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +60,23 @@ def _train_results(outcome: runner.RunOutcome) -> list[ClientResult]:
     return [e.client for e in outcome.events if e.client is not None]
 
 
+def _recorded_end(out_dir: Path) -> Event:
+    """The final state of the run recorded in ``out_dir``, asserting that it is the last event
+    and the only one that ends the run."""
+    events = read_events(out_dir)[0]
+    ends = [e for e in events if e.state is not None and e.state.status != "running"]
+    assert len(ends) == 1 and events[-1] is ends[0], [e.state for e in events if e.state]
+    return ends[0]
+
+
+def _cli(*args: str, log: Path) -> subprocess.Popen:
+    """``edgefed ARGS`` from this checkout, as a user starts it."""
+    with log.open("w") as output:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from server.cli import app; app()", *args], cwd=REPO,
+            stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
 @pytest.mark.timeout(600)
 def test_simulation_engine_small_run(tmp_path: Path) -> None:
     config = _config([{"device": "mcu", "count": 1, "policy": "fixed"},
@@ -76,6 +101,7 @@ def test_simulation_engine_small_run(tmp_path: Path) -> None:
     assert rounds[-1].num_ok == sum(c.status == "ok" for c in last)
     assert rounds[-1].num_failed == 3 - rounds[-1].num_ok
     assert (tmp_path / "events.jsonl").read_text().count("\n") == len(outcome.events)
+    assert outcome.state.status == "finished" and _recorded_end(tmp_path) == outcome.events[-1]
     assert _no_descendants_left() == []
 
 
@@ -103,8 +129,8 @@ def test_deployment_engine_under_real_memory_limits(tmp_path: Path) -> None:
     def on_event(event: Event) -> None:  # the cgroups exist until the run is over
         if event.client is not None:
             node = next(n for n in fleets[0].nodes if n.partition_id == event.client.partition_id)
-            kills = _cgroup_value(node, "memory.oom_control").split("oom_kill ")[1]
-            usage[node.device] = (int(kills), int(_cgroup_value(node, "memory.max_usage_in_bytes")))
+            usage[node.device] = (procs.oom_kills(str(node.process.cgroup)),
+                                  int(_cgroup_value(node, "memory.max_usage_in_bytes")))
 
     outcome = runner.run(config, catalogue, "deployment", tmp_path, "deploy-test",
                          on_event=on_event, on_started=on_started)
@@ -116,16 +142,67 @@ def test_deployment_engine_under_real_memory_limits(tmp_path: Path) -> None:
     clients = {c.device: c for c in _train_results(outcome)}
     assert sorted(clients) == ["pi-starved", "rpi5"]
     starved, rpi5 = clients["pi-starved"], clients["rpi5"]
-    # killed by the kernel at its 150 MiB limit; its SuperNode answers for it
-    assert starved.status == "error" and starved.reason == "ClientApp stopped responding.", starved
+    # killed by the kernel at its 150 MiB limit (its SuperNode only says "ClientApp stopped
+    # responding."): named so from the cgroup's own OOM record
+    assert starved.status == "oom", starved
+    assert starved.reason == "out of memory: killed by the kernel at the 150 MiB limit", starved
     assert usage["pi-starved"][0] >= 1
+    assert "ClientApp stopped responding." in (tmp_path / "client-errors.log").read_text()
     assert rpi5.status == "ok" and all(getattr(rpi5, f) is not None for f in OK_FIELDS), rpi5
     assert usage["rpi5"] == (0, usage["rpi5"][1]) and usage["rpi5"][1] > 100 * 2**20  # torch ran
     # nothing of the run is left: processes (by recorded pid and as our descendants), cgroups
     assert not any(p.alive() for p in fleets[0].processes)
     assert _no_descendants_left() == []
-    assert not (procs.CGROUP_ROOT / "edgefed" / fleets[0].group).exists()
+    assert not (procs.CGROUP_V1_ROOT / "edgefed" / fleets[0].group).exists()
     assert not (tmp_path / "flower" / deployment.STATE_FILE).exists()
+    assert _recorded_end(tmp_path).state.status == "finished"
+
+
+@pytest.mark.timeout(420)
+def test_sigterm_during_pretraining_stops_the_whole_run_within_2_s(tmp_path: Path) -> None:
+    # many pretraining epochs, never cached: a killed pretraining stores no checkpoint
+    config = _config([{"device": "jetson-nano", "count": 2}], rounds=1, pretrain_epochs=30)
+    (tmp_path / "config.json").write_text(config.model_dump_json())
+    out = tmp_path / "out"
+    cli = _cli("run", str(tmp_path / "config.json"), "--out", str(out), log=tmp_path / "cli.log")
+    try:
+        wait_for(lambda: any("pretraining on the server's half: step" in e.state.message
+                             for e in read_events(out)[0] if e.state), 300, "pretraining")
+        tree = psutil.Process(cli.pid).children(recursive=True)
+        assert {"flwr-simulation", "raylet"} <= {p.name() for p in tree}  # a real run
+        sent = time.monotonic()
+        cli.send_signal(signal.SIGTERM)
+        code = cli.wait(30)
+        stopped_s = time.monotonic() - sent
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(10)
+    assert code == 130, (tmp_path / "cli.log").read_text()
+    left = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == [] and stopped_s <= 2.0, (stopped_s, left)
+    end = _recorded_end(out)
+    assert end.state.status == "cancelled" and end.state.message == "received SIGTERM"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(420)
+def test_a_run_where_no_client_trains_is_failed_in_the_cli_and_the_dashboard(
+    tmp_path: Path,
+) -> None:
+    config = _config([{"device": "mcu", "count": 2, "policy": "fixed"}], rounds=1)
+    with DashboardProcess(tmp_path) as server:
+        experiment = httpx.post(f"{server.url}/api/experiments",
+                                json=config.model_dump(mode="json")).json()
+        run_id = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch").json()["id"]
+        run = wait_for(lambda: (r := httpx.get(f"{server.url}/api/runs/{run_id}").json()["run"])
+                       ["exit_code"] is not None and r, 360, "edgefed run to exit")
+    assert run["status"] == "failed" and run["exit_code"] == 1, run
+    assert run["message"].startswith(
+        "no client trained successfully in any of the 1 rounds (2 oom; most common reason: "
+        "out of memory: needs "), run
+    end = _recorded_end(tmp_path / "runs" / run_id / "out")  # edgefed run's own record
+    assert end.state.status == "failed" and end.state.message == run["message"]
 
 
 def test_unanswered_node_named_from_the_seeded_assignment_when_answers_agree() -> None:
