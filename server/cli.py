@@ -278,13 +278,16 @@ def fleet_status(directory: Annotated[Path, typer.Option("--dir")] = FLEET_DIR) 
 def sweep(
     sweep_path: Annotated[Path, typer.Argument(metavar="SWEEP", help="sweep YAML/JSON")],
     engine: Annotated[Engine, typer.Option(help="Flower engine")] = "simulation",
-    out: Annotated[Path, typer.Option(help="one sub-folder per experiment")] = Path("runs/sweep"),
+    out: Annotated[Path | None, typer.Option(
+        help="one sub-folder per experiment (default runs/sweep-DATE-TIME)")] = None,
 ) -> None:
-    """Run every experiment of a methods x budgets sweep; summary table + summary.json."""
+    """Run every experiment of a methods x budgets sweep; summary table + summary.json.
+    Exit code 1 if any experiment failed."""
     try:
         experiments = load_sweep(sweep_path)
     except ConfigError as error:
         raise refuse(error) from None
+    out = out or Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
     for config in experiments:
         _claimable(out / config.name)
     from server import runner
@@ -307,6 +310,9 @@ def sweep(
         table.add_row(*(str(v) for v in row.values()))
     console.print(table)
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
+    if failed := [row["experiment"] for row in rows if row["status"] != "finished"]:
+        errors.print(f"[bold red]failed[/]: {escape(', '.join(failed))}")
+        raise typer.Exit(1)
 
 
 def sweep_row(config: ExperimentConfig, outcome: object) -> dict[str, object]:

@@ -72,11 +72,14 @@ def install_signal_handlers() -> None:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGTERM/SIGINT back (blocked, delivered on exit) while a run's cleanup runs."""
+    """Hold SIGTERM/SIGINT back while a run's cleanup runs; one that arrived meanwhile is
+    dropped: it asked to stop a run that is stopping anyway, whose outcome then stands."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
         yield
     finally:
+        while signal.sigtimedwait(SIGNALS, 0) is not None:
+            pass
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 

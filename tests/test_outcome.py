@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,8 @@ from common.events import ClientResult, Event, RunState
 from server import runner
 from server.outcome import COMPLETED, judge
 from server.report import Reporter
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _train(round_: int, partition: int, status: str, reason: str = "") -> Event:
@@ -97,3 +102,29 @@ def test_the_tail_reads_only_this_runs_events(tmp_path: Path) -> None:
         e.state.message for e in seen]
     tail.poll()  # nothing new
     assert len(outcome.events) == 2
+
+
+CANCEL_SCRIPT = """
+import os, signal
+from server import runner
+runner.install_signal_handlers()
+with runner.signals_deferred():  # a run's cleanup
+    os.kill(os.getpid(), signal.SIGTERM)
+print("cleanup finished, outcome stands")
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    signal.sigtimedwait([], 0.5)
+except runner.RunCancelled as why:
+    print(f"cancelled by {why}")
+os.kill(os.getpid(), signal.SIGTERM)  # a second signal while stopping is ignored
+print("stopping undisturbed")
+"""
+
+
+def test_a_signal_cancels_once_and_never_interrupts_a_cleanup() -> None:
+    done = subprocess.run([sys.executable, "-c", CANCEL_SCRIPT], capture_output=True, text=True,
+                          timeout=60, check=False, cwd=REPO, env={**os.environ,
+                                                                  "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["cleanup finished, outcome stands", "cancelled by SIGINT",
+                                        "stopping undisturbed"]
