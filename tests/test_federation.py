@@ -229,3 +229,20 @@ def test_unanswered_node_named_from_the_leftover_fleet_when_numbered_otherwise()
     directory = NodeDirectory(config, {1: (0, "rpi5"), 2: (1, "rpi5")})
     assert directory.identity(3) == (2, "unknown (one of phone, pi-starved)")
     assert directory.identity(4) == (3, "unknown (one of phone, pi-starved)")
+
+
+@pytest.mark.timeout(420, method="signal")
+def test_deployment_without_a_memory_cgroup_says_limits_are_rlimit_based(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(procs, "CGROUP_V1_ROOT", tmp_path / "no-v1")  # as on a host without
+    monkeypatch.setattr(procs, "CGROUP_V2_ROOTS", (tmp_path / "no-v2",))  # a usable hierarchy
+    config = _config([{"device": "rpi5", "count": 1}], rounds=1, image_size=28)
+    out = tmp_path / "out"
+    outcome = runner.run(config, load_catalogue(), "deployment", out, "rlimit-test")
+    states = [e.state for e in outcome.events if e.state is not None]
+    assert procs.RLIMIT_WARNING in [s.message for s in states if s.status == "running"]
+    assert outcome.state.status == "finished", outcome.state  # the ClientApp ran under RLIMIT_DATA
+    assert outcome.state.message.endswith(procs.RLIMIT_WARNING)
+    assert _recorded_end(out) == outcome.events[-1]
+    assert _no_descendants_left() == []
