@@ -47,6 +47,7 @@ RLIMIT_WARNING = (
     "lets the kernel's OOM killer enforce the device's limit"
 )
 PR_SET_CHILD_SUBREAPER = 36
+STOP_POLL_S = 0.02
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,28 @@ def reap() -> None:
             pass
 
 
+def _running(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` that still run: same pid and start time, not a zombie."""
+    alive = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait at most ``timeout`` until none of ``procs`` runs, reaping meanwhile (the dead that
+    are our children, or orphans re-parented to us, stay zombies until reaped); returns those
+    still running."""
+    deadline = time.monotonic() + timeout
+    while (alive := _running(procs)) and time.monotonic() < deadline:
+        reap()
+        time.sleep(STOP_POLL_S)
+    reap()
+    return alive
+
+
 def stop(
     managed: Iterable[ManagedProcess], timeout: float = 10.0,
     extra: Iterable[psutil.Process] = (),
@@ -331,12 +354,11 @@ def stop(
     extra = list(extra)
     procs = list({p.pid: p for p in _tree(managed) + extra}.values())
     _signal_all(procs, signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    alive = _wait_gone(procs, timeout)
     # a SIGTERM'd parent may have forked late children: collect them too
     alive = list({p.pid: p for p in alive + _tree(managed) + extra}.values())
     _signal_all(alive, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=timeout)
-    reap()
+    _wait_gone(alive, timeout)
     for m in managed:
         if m.cgroup:
             remove_cgroup(m.cgroup)

@@ -159,17 +159,24 @@ def test_deployment_engine_under_real_memory_limits(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(420)
-def test_sigterm_during_pretraining_stops_the_whole_run_within_2_s(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("engine", "processes"), [
+    ("simulation", {"flower-superlin", "flwr-simulation", "raylet"}),
+    ("deployment", {"flower-superlin", "flower-supern", "flower-superex", "flwr-serverapp"}),
+])
+def test_sigterm_during_pretraining_stops_the_whole_run_within_2_s(
+    tmp_path: Path, engine: str, processes: set[str],
+) -> None:
     # many pretraining epochs, never cached: a killed pretraining stores no checkpoint
     config = _config([{"device": "jetson-nano", "count": 2}], rounds=1, pretrain_epochs=30)
     (tmp_path / "config.json").write_text(config.model_dump_json())
     out = tmp_path / "out"
-    cli = _cli("run", str(tmp_path / "config.json"), "--out", str(out), log=tmp_path / "cli.log")
+    cli = _cli("run", str(tmp_path / "config.json"), "--out", str(out), "--engine", engine,
+               log=tmp_path / "cli.log")
     try:
         wait_for(lambda: any("pretraining on the server's half: step" in e.state.message
                              for e in read_events(out)[0] if e.state), 300, "pretraining")
         tree = psutil.Process(cli.pid).children(recursive=True)
-        assert {"flwr-simulation", "raylet"} <= {p.name() for p in tree}  # a real run
+        assert processes <= {p.name()[:15] for p in tree}, {p.name() for p in tree}  # real run
         sent = time.monotonic()
         cli.send_signal(signal.SIGTERM)
         code = cli.wait(30)
@@ -183,6 +190,8 @@ def test_sigterm_during_pretraining_stops_the_whole_run_within_2_s(tmp_path: Pat
     assert left == [] and stopped_s <= 2.0, (stopped_s, left)
     end = _recorded_end(out)
     assert end.state.status == "cancelled" and end.state.message == "received SIGTERM"
+    superlink = next(p for p in tree if p.name().startswith("flower-superlin"))
+    assert not (procs.CGROUP_V1_ROOT / "edgefed" / f"flower-{superlink.pid}").exists()
 
 
 @pytest.mark.e2e
