@@ -342,10 +342,11 @@ def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proce
 
 def stop(
     managed: Iterable[ManagedProcess], timeout: float = 10.0,
-    extra: Iterable[psutil.Process] = (),
+    extra: Iterable[psutil.Process] = (), grace: float | None = None,
 ) -> None:
     """Stop the given processes, their descendants and the members of their cgroups, plus
-    ``extra`` processes: SIGTERM, wait, SIGKILL, wait; then remove their cgroups.
+    ``extra`` processes: SIGTERM, wait up to ``grace`` (default ``timeout``), SIGKILL, wait up
+    to ``timeout``; then remove their cgroups.
 
     Only pids recorded in ``managed`` (checked against their start time), their descendants and
     cgroup members, and ``extra`` are signalled.
@@ -354,7 +355,7 @@ def stop(
     extra = list(extra)
     procs = list({p.pid: p for p in _tree(managed) + extra}.values())
     _signal_all(procs, signal.SIGTERM)
-    alive = _wait_gone(procs, timeout)
+    alive = _wait_gone(procs, timeout if grace is None else grace)
     # a SIGTERM'd parent may have forked late children: collect them too
     alive = list({p.pid: p for p in alive + _tree(managed) + extra}.values())
     _signal_all(alive, signal.SIGKILL)

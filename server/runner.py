@@ -43,7 +43,9 @@ STATUS_EVERY = 5  # ``flwr list`` (a CLI start costs CPU) every 5th poll
 CLI_TIMEOUT_S = 120.0
 LOG_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0  # SIGTERM -> SIGKILL once the run ended
-CANCEL_GRACE_S = 0.5  # SIGTERM -> SIGKILL when cancelled: the whole stop must fit in 2 s
+# SIGTERM -> SIGKILL when cancelled: the whole stop must fit in 2 s, and the ServerApp
+# (flwr-simulation, flwr-serverapp) and Ray's processes do not exit on SIGTERM within seconds
+CANCEL_GRACE_S = 0.2
 
 
 class RunCancelled(Exception):
@@ -294,8 +296,8 @@ def _shut_down(state: fleet.FleetState | None, outcome: RunOutcome, flower_dir: 
         elif not cancelled:
             save_run_log(state, outcome.flwr_run_id, flower_dir / "run.log")
     procs.stop(state.processes if state is not None else [],
-               extra=procs.new_children(children_before),
-               timeout=CANCEL_GRACE_S if cancelled else STOP_TIMEOUT_S)
+               extra=procs.new_children(children_before), timeout=STOP_TIMEOUT_S,
+               grace=CANCEL_GRACE_S if cancelled else None)
     (flower_dir / fleet.STATE_FILE).unlink(missing_ok=True)
 
 

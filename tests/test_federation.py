@@ -8,17 +8,13 @@ Python + torch ClientApp.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from bench.cancel import cancel_during_pretraining
 from client.task import resolve_node
 from common.config import ExperimentConfig
 from common.devices import assign_entries, load_catalogue
@@ -27,7 +23,7 @@ from server import fleet as deployment
 from server import procs, runner
 from server.app import NodeDirectory
 from server.report import read_events
-from tests.dashboard_support import REPO, DashboardProcess, wait_for
+from tests.dashboard_support import DashboardProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -67,14 +63,6 @@ def _recorded_end(out_dir: Path) -> Event:
     ends = [e for e in events if e.state is not None and e.state.status != "running"]
     assert len(ends) == 1 and events[-1] is ends[0], [e.state for e in events if e.state]
     return ends[0]
-
-
-def _cli(*args: str, log: Path) -> subprocess.Popen:
-    """``edgefed ARGS`` from this checkout, as a user starts it."""
-    with log.open("w") as output:
-        return subprocess.Popen(
-            [sys.executable, "-c", "from server.cli import app; app()", *args], cwd=REPO,
-            stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
 @pytest.mark.timeout(600)
@@ -161,37 +149,19 @@ def test_deployment_engine_under_real_memory_limits(tmp_path: Path) -> None:
 @pytest.mark.timeout(420)
 @pytest.mark.parametrize(("engine", "processes"), [
     ("simulation", {"flower-superlin", "flwr-simulation", "raylet"}),
-    ("deployment", {"flower-superlin", "flower-supern", "flower-superex", "flwr-serverapp"}),
+    ("deployment", {"flower-superlin", "flower-supernod", "flower-superexe", "flwr-serverapp"}),
 ])
 def test_sigterm_during_pretraining_stops_the_whole_run_within_2_s(
     tmp_path: Path, engine: str, processes: set[str],
 ) -> None:
-    # many pretraining epochs, never cached: a killed pretraining stores no checkpoint
-    config = _config([{"device": "jetson-nano", "count": 2}], rounds=1, pretrain_epochs=30)
-    (tmp_path / "config.json").write_text(config.model_dump_json())
-    out = tmp_path / "out"
-    cli = _cli("run", str(tmp_path / "config.json"), "--out", str(out), "--engine", engine,
-               log=tmp_path / "cli.log")
-    try:
-        wait_for(lambda: any("pretraining on the server's half: step" in e.state.message
-                             for e in read_events(out)[0] if e.state), 300, "pretraining")
-        tree = psutil.Process(cli.pid).children(recursive=True)
-        assert processes <= {p.name()[:15] for p in tree}, {p.name() for p in tree}  # real run
-        sent = time.monotonic()
-        cli.send_signal(signal.SIGTERM)
-        code = cli.wait(30)
-        stopped_s = time.monotonic() - sent
-    finally:
-        if cli.poll() is None:
-            cli.kill()
-            cli.wait(10)
-    assert code == 130, (tmp_path / "cli.log").read_text()
-    left = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert left == [] and stopped_s <= 2.0, (stopped_s, left)
-    end = _recorded_end(out)
+    stop = cancel_during_pretraining(engine, tmp_path)  # see bench/cancel.py
+    assert processes <= set(stop.processes.values()), stop  # a real run was stopped
+    assert stop.exit_code == 130, (tmp_path / "cli.log").read_text()
+    assert stop.left == [] and stop.seconds <= 2.0, stop
+    end = _recorded_end(tmp_path / "out")
     assert end.state.status == "cancelled" and end.state.message == "received SIGTERM"
-    superlink = next(p for p in tree if p.name().startswith("flower-superlin"))
-    assert not (procs.CGROUP_V1_ROOT / "edgefed" / f"flower-{superlink.pid}").exists()
+    superlink = next(pid for pid, name in stop.processes.items() if name == "flower-superlin")
+    assert not (procs.CGROUP_V1_ROOT / "edgefed" / f"flower-{superlink}").exists()
 
 
 @pytest.mark.e2e
