@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python -m bench.ops
 	$(BIN)/python -m bench.pareto
 	$(BIN)/python -m bench.fleet
+	$(BIN)/python -m bench.cancel
 
 # The compose fleet on a real Docker engine (root; docker.io, docker-compose, debootstrap installed):
 # engine (started and stopped here when none runs), image, >= 8 memory-capped device containers,
