@@ -25,18 +25,12 @@ from torch.utils.data import DataLoader
 
 from client import replies
 from client.planner import Planner
-from client.task import (
-    Node,
-    client_dataset,
-    experiment,
-        resolve_node,
-    settings_of,
-    trainable_sgd,
-)
+from client.task import Node, client_dataset, resolve_node, trainable_sgd
 from common.compression import layer_ranks, wrap_last_layers
 from common.config import ExperimentConfig
 from common.devices import load_catalogue
 from common.memory import OutOfBudget, StepProbe
+from common.runconfig import experiment, settings_of
 from common.train import evaluate as evaluate_model
 from common.train import initial_model
 from common.train import train as train_model

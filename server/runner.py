@@ -224,7 +224,7 @@ def run(
     once they run. On SIGTERM/SIGINT (:func:`install_signal_handlers`) the processes get
     :data:`CANCEL_GRACE_S` before SIGKILL and :class:`RunCancelled` is re-raised.
     """
-    devices = assign_devices(config, catalogue)
+    devices = assign_devices(config.fleet, catalogue)
     check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(config.model_dump_json(indent=2))

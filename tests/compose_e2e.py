@@ -48,6 +48,7 @@ from client.task import Node
 from common.config import ExperimentConfig
 from common.devices import Catalogue, DeviceProfile, load_catalogue
 from server.compose import fleet_devices, fleet_mix, generate_compose, generate_tls_overlay
+from server.procs import signal_group
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "test-output" / "compose-e2e"
@@ -92,8 +93,7 @@ def sh(cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None,
         try:
             out, err = proc.communicate(timeout=timeout)
         except BaseException as exc:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             with suppress(subprocess.TimeoutExpired):
                 proc.communicate(timeout=10)
             if isinstance(exc, subprocess.TimeoutExpired):

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.dashboard.runner import process_tree, running
+from server.procs import process_tree, running
 from tests.dashboard_support import DashboardProcess, tiny_config, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -184,30 +184,27 @@ def test_a_run_where_no_client_trains_is_failed_in_the_cli_and_the_dashboard(
     assert end.state.status == "failed" and end.state.message == run["message"]
 
 
-def test_unanswered_node_named_from_the_seeded_assignment_when_answers_agree() -> None:
+def test_unanswered_node_named_by_the_one_assignment() -> None:
     config = _config([{"device": "rpi5", "count": 2}, {"device": "phone", "count": 1},
                       {"device": "pi-starved", "count": 1}], rounds=1)
-    seeded = [e.device for e in assign_entries(config)]
-    assert seeded == ["pi-starved", "rpi5", "phone", "rpi5"]  # seed 3's shuffle
-    # answers as `edgefed run` numbers nodes; the fleet minus them would leave two kinds
-    directory = NodeDirectory(config, {7: (1, "rpi5"), 8: (3, "rpi5")})
-    assert directory.identity(9) == (0, "pi-starved")
-    assert directory.identity(10) == (2, "phone")
-    assert directory.identity(7) == (1, "rpi5") and directory.identity(9) == (0, "pi-starved")
+    assigned = [e.device for e in assign_entries(config.fleet)]
+    answered = {7: (1, assigned[1]), 8: (3, assigned[3])}
+    directory = NodeDirectory(config, answered)
+    assert directory.identity(9) == (0, assigned[0])
+    assert directory.identity(10) == (2, assigned[2])
+    assert directory.identity(7) == answered[7] and directory.identity(9) == (0, assigned[0])
+    assert directory.identity(11) == (4, "unknown")  # more nodes than the fleet has
 
 
-def test_unanswered_node_named_from_the_leftover_fleet_when_numbered_otherwise() -> None:
-    fleet = [{"device": "rpi5", "count": 2}, {"device": "pi-starved", "count": 1}]
-    config = _config(fleet, rounds=1)
-    assert assign_entries(config)[2].device == "rpi5"  # the seeded name would be wrong here
-    # the compose fleet numbers devices in mix order: rpi5, rpi5, pi-starved (never answers)
-    directory = NodeDirectory(config, {1: (0, "rpi5"), 2: (1, "rpi5")})
-    assert directory.identity(3) == (2, "pi-starved")
-
-    config = _config(fleet[:1] + [{"device": "phone", "count": 1}] + fleet[1:], rounds=1)
-    directory = NodeDirectory(config, {1: (0, "rpi5"), 2: (1, "rpi5")})
-    assert directory.identity(3) == (2, "unknown (one of phone, pi-starved)")
-    assert directory.identity(4) == (3, "unknown (one of phone, pi-starved)")
+def test_an_answer_against_the_assignment_is_logged_and_kept(
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = _config([{"device": "rpi5", "count": 1}, {"device": "phone", "count": 1}], rounds=1)
+    assigned = [e.device for e in assign_entries(config.fleet)]
+    with caplog.at_level("WARNING"):
+        directory = NodeDirectory(config, {5: (0, assigned[1])})
+    assert f"node 5 answers partition 0 is {assigned[1]}" in caplog.text
+    assert directory.identity(5) == (0, assigned[1])
+    assert directory.identity(6) == (1, assigned[1])
 
 
 @pytest.mark.timeout(420, method="signal")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +168,35 @@ def test_oom_watch_names_a_kill_once_from_the_nodes_cgroup(tmp_path: Path) -> No
     assert watch.killed(3) is None  # counted once
     assert watch.killed(0) is None  # a node without a cgroup
     assert fleet.OomWatch(tmp_path / "no-fleet").cgroups == {}
+
+
+def _group(script: str, members: int) -> tuple[subprocess.Popen, list]:
+    """``sh -c script`` as the leader of a new process group, once it has ``members``
+    processes (itself included)."""
+    leader = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while len(tree := procs.process_tree(leader.pid)) < members:
+        assert time.monotonic() < deadline, "the group did not start"
+        time.sleep(0.05)
+    return leader, tree
+
+
+def test_terminate_stops_a_group_that_exits_on_sigterm_without_the_kill() -> None:
+    leader, tree = _group("sleep 60 & sleep 60 & wait", 3)
+    started = time.monotonic()
+    procs.terminate(lambda: tree, timeout=60, group=leader.pid)
+    assert time.monotonic() - started < 60  # did not wait for the SIGKILL deadline
+    assert procs.running(tree) == [] and not procs.group_alive(leader.pid)
+    assert leader.returncode is None or leader.returncode == -signal.SIGTERM
+
+
+def test_terminate_kills_what_ignores_sigterm_after_the_timeout() -> None:
+    leader, tree = _group("trap '' TERM; sleep 60 & sleep 60 & wait", 3)
+    started = time.monotonic()
+    procs.terminate(lambda: procs.process_tree(leader.pid), timeout=1.0, group=leader.pid)
+    assert time.monotonic() - started >= 1.0
+    assert procs.running(tree) == []  # killed; zombies until their new parent reaps them:
+    deadline = time.monotonic() + 30
+    while procs.group_alive(leader.pid):
+        assert time.monotonic() < deadline, "killed members were never reaped"
+        time.sleep(0.1)

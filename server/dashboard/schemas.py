@@ -105,6 +105,22 @@ class Catalogue(BaseModel):
     fleets: dict[str, dict[str, int]]
 
 
+class MethodParam(BaseModel):
+    """A parameter of a compression method and the values it accepts."""
+
+    name: str
+    rule: str
+
+
+class MethodInfo(BaseModel):
+    """One entry of the method registry (``common.compression.registry``)."""
+
+    name: str
+    summary: str
+    params: list[MethodParam]
+    cheaper: list[str] = Field(description="the planner's fallbacks, in order")
+
+
 class Info(BaseModel):
     version: str
     auth_required: bool

@@ -3,8 +3,10 @@ import { api, badge, bytes, el, header, pct } from "/static/api.js";
 import { scatter } from "/static/charts.js";
 
 const main = document.getElementById("main");
-const METHOD_COLORS = { vanilla: "#667085", svd: "#f79009", hosvd: "#2f6fdf", asi: "#12b76a",
-  gradfilter: "#9b4dca" };
+// colours by registry order (GET /api/methods); the method list itself lives in the registry
+const PALETTE = ["#667085", "#f79009", "#2f6fdf", "#12b76a", "#9b4dca", "#d92d20", "#0e9384",
+  "#c11574"];
+let METHOD_COLORS = {};
 const params = new URLSearchParams(location.search);
 let selected = new Set(params.getAll("run"));
 let memory = params.get("memory") || "peak";
@@ -50,4 +52,7 @@ async function render() {
 }
 
 header();
-render();
+api("/api/methods").then((methods) => {
+  METHOD_COLORS = Object.fromEntries(methods.map((m, i) => [m.name, PALETTE[i % PALETTE.length]]));
+  render();
+});
