@@ -5,7 +5,7 @@
    device) with a ``query`` message; nodes that cannot answer get the fleet's remaining
    partitions by elimination, so failures can be named.
 3. Run FedAvg / FedProx / FedAdam from ``flwr.serverapp.strategy``; every reply, and every
-   sampled node that did not reply, becomes a ClientResult event; after aggregation the global
+   sampled node that did not reply, becomes a ClientRecord event; after aggregation the global
    model is evaluated on the test set (round 0 = the pretrained model) as a RoundResult event.
 
 A client failure never stops the run: error replies are recorded and left out of aggregation.
@@ -35,11 +35,12 @@ from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 from torch.utils.data import DataLoader
 
-from client import replies
 from client.task import partitions
+from common import wire
 from common.config import ExperimentConfig
 from common.devices import assign_entries
-from common.events import ClientResult, RoundResult, RunState
+from common.events import RoundResult, RunState
+from common.record import ClientRecord
 from common.runconfig import experiment, settings_of
 from common.train import evaluate as evaluate_model
 from server import fleet
@@ -131,6 +132,21 @@ class NodeDirectory:
         return self.entries[pid].device if pid < len(self.entries) else "unknown"
 
 
+def client_record(reply: Message, phase: str, server_round: int, identity: tuple[int, str]
+                  ) -> ClientRecord:
+    """A reply (content or error) as its :class:`ClientRecord`; round, phase and node id are the
+    server's. ``identity`` (partition id, device, as the node directory knows the sender) names
+    a node whose reply carries no record: an error, or content that is not a valid record."""
+    envelope = {"round": server_round, "phase": phase, "node_id": reply.metadata.src_node_id}
+    if reply.has_error():
+        return wire.failed(reply.error.code, reply.error.reason or "", *identity, **envelope)
+    try:
+        return wire.decode(reply.content["metrics"], reply.content.config_records["record"],
+                           **envelope)
+    except (KeyError, ValueError) as err:  # invalid JSON or record: ValueError
+        return wire.failed(wire.UNREADABLE, f"unreadable reply: {err}", *identity, **envelope)
+
+
 class Reporting:
     """Strategy mixin: report every sampled node's outcome before the strategy aggregates."""
 
@@ -166,14 +182,14 @@ class Reporting:
         return messages
 
     def _record(self, server_round: int, phase: str, received: list[Message]) -> None:
-        results = [replies.client_result(r, phase, server_round,
-                                         self.directory.identity(r.metadata.src_node_id))
+        results = [client_record(r, phase, server_round,
+                                 self.directory.identity(r.metadata.src_node_id))
                    for r in received]
         answered = {r.metadata.src_node_id for r in received}
         for node_id in self._sent.get(phase, []):
             if node_id not in answered:
                 pid, device = self.directory.identity(node_id)
-                results.append(ClientResult(
+                results.append(ClientRecord(
                     round=server_round, phase=phase, node_id=node_id, partition_id=pid,
                     device=device, status="error", reason="no reply before the round timeout",
                 ))
@@ -185,14 +201,14 @@ class Reporting:
             self.num_ok = sum(r.status == "ok" for r in results)
             self.num_failed = len(results) - self.num_ok
 
-    def _explained(self, result: ClientResult) -> ClientResult:
+    def _explained(self, result: ClientRecord) -> ClientRecord:
         """An error (no reply included) of a node whose cgroup counted an OOM kill since the
         last look is that kill: status ``oom``, the kernel and the limit named."""
         if result.status == "error" and (reason := self.oom.killed(result.partition_id)):
             return result.model_copy(update={"status": "oom", "reason": reason})
         return result
 
-    def _keep_full_errors(self, received: list[Message], results: list[ClientResult]) -> None:
+    def _keep_full_errors(self, received: list[Message], results: list[ClientRecord]) -> None:
         """Append the full text of error replies shortened for their event to the log
         (``results`` starts with the received replies' results, in order)."""
         full = [(result, reply.error.reason) for reply, result in zip(received, results,

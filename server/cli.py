@@ -36,7 +36,8 @@ from rich.table import Table
 from common.compression.registry import REGISTRY
 from common.config import ConfigError, Engine, ExperimentConfig, ModelName
 from common.devices import assign_devices, load_catalogue
-from common.events import ClientResult, Event
+from common.events import Event
+from common.record import ClientRecord
 from common.validate import check_experiment, load_config, load_sweep, problems_of
 from server.compose import compose_command
 
@@ -103,7 +104,7 @@ def run(
     out = out or Path("runs") / run_id
     _claimable(out)
     runner.install_signal_handlers()
-    clients: dict[int, ClientResult] = {}
+    clients: dict[int, ClientRecord] = {}
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
@@ -165,17 +166,19 @@ def _claimable(out: Path) -> None:
 
 
 def client_table(results: object) -> Table:
-    """The last train result of every client: activations kept for backward (most of what the
-    training budget holds) and the total with weights and forward temporaries."""
+    """The last train record of every client: the budget beside the quantity it constrains
+    (training: activations kept + gradients + optimizer state), the activations the methods
+    compress, and the whole step's measured peak."""
     table = Table(title="clients (last round)")
     for column in ("partition", "device", "status", "method", "last_k", "eps", "batch",
-                   "activations", "budget", "total", "acc", "sim s", "reason"):
+                   "activations", "training", "budget", "step peak", "acc", "sim s", "reason"):
         table.add_column(column)
     for r in sorted(results, key=lambda r: r.partition_id):
         table.add_row(
             str(r.partition_id), r.device, r.status, r.method or "-", str(r.last_k or "-"),
             "-" if r.eps is None else f"{r.eps:.2f}", str(r.batch_size or "-"),
-            _mib(r.activation_bytes), _mib(r.budget_bytes), _mib(r.total_bytes),
+            _mib(r.activation_bytes), _mib(r.training_bytes), _mib(r.budget_bytes),
+            _mib(r.peak_step_bytes),
             "-" if r.accuracy is None else f"{r.accuracy:.3f}",
             "-" if r.sim_time_s is None else f"{r.sim_time_s:.1f}", r.reason[:60],
         )

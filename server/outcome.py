@@ -17,7 +17,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from common.events import ClientResult, Event, RunState
+from common.events import Event, RunState
+from common.record import ClientRecord
 
 COMPLETED = "finished:completed"  # Flower's status of a run whose ServerApp returned
 
@@ -35,7 +36,7 @@ class Verdict:
         return self.state.status == "finished" and bool(self.empty_rounds)
 
 
-def _failure_summary(results: list[ClientResult]) -> str:
+def _failure_summary(results: list[ClientRecord]) -> str:
     """``"3 oom, 1 error; most common reason: out of memory: ..."``."""
     if not results:
         return "no client replied"

@@ -357,15 +357,14 @@ def _wait(procs: list[psutil.Process], group: int | None, timeout: float
     zombie that is not ours has exited (psutil would wait for its parent to reap it, which may
     be one of ``procs`` killed at the same time)."""
     deadline = time.monotonic() + timeout
-    alive = running(procs)
-    while (alive or (group is not None and group_alive(group))) and (
+    alive = procs
+    while (running(alive) or (group is not None and group_alive(group))) and (
             time.monotonic() < deadline):
         if alive:
             _, alive = psutil.wait_procs(alive, timeout=POLL_S)
-            alive = running(alive)
         else:
             time.sleep(POLL_S)
-    return alive
+    return running(alive)
 
 
 def terminate(find: Callable[[], Iterable[psutil.Process]], timeout: float,

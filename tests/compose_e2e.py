@@ -348,7 +348,8 @@ def check_clients(detail: dict, devices: list[DeviceProfile]) -> str:
                     raise Failed(f"{device.name} (partition {pid}) should fail, got {row}")
                 log(f"round {server_round}: {device.name} failed as expected: {row['reason']}")
             elif (row["status"] != "ok" or row["device"] != device.name
-                  or row["peak_bytes"] is None or row["accuracy"] is None):
+                  or row["peak_step_bytes"] is None or row["accuracy"] is None
+                  or row["memory_limit_bytes"] != device.ram_bytes):  # its container's limit
                 raise Failed(f"round {server_round}: partition {pid} ({device.name}): {row}")
     rounds = [r["round"] for r in detail["rounds"]]
     if rounds[-1:] != [ROUNDS]:

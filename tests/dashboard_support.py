@@ -105,6 +105,13 @@ class DashboardProcess:
         leader = psutil.Process(self.proc.pid)
         terminate(lambda: [leader], 30, group=self.proc.pid)
 
+    def create_experiment(self, config: dict) -> dict:
+        """POST the experiment; the first validation builds the model (imports torch), which
+        takes more than httpx's default 5 s on a loaded machine."""
+        response = httpx.post(f"{self.url}/api/experiments", json=config, timeout=60)
+        assert response.status_code == 201, response.text
+        return response.json()
+
     def fake_runs(self) -> dict[str, str]:
         """Environment that makes the runner start the stand-in run script."""
         return {"EDGEFED_DASHBOARD_RUN_COMMAND": json.dumps([sys.executable, str(FAKE_RUN)])}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from client.replies import MAX_REASON, readable_reason
+from common.reasons import MAX_REASON, readable_reason
 
 SIMULATION_REASON = (Path(__file__).parent / "data" / "simulation-client-error.txt").read_text()
 

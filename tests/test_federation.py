@@ -18,7 +18,8 @@ from bench.cancel import cancel_during_pretraining
 from client.task import resolve_node
 from common.config import ExperimentConfig
 from common.devices import assign_entries, load_catalogue
-from common.events import ClientResult, Event
+from common.events import Event
+from common.record import ClientRecord
 from server import fleet as deployment
 from server import procs, runner
 from server.app import NodeDirectory
@@ -27,9 +28,10 @@ from tests.dashboard_support import DashboardProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
-OK_FIELDS = ("num_examples", "train_loss", "accuracy", "activation_bytes", "compressed_bytes",
-             "peak_bytes", "total_bytes", "budget_bytes", "method", "last_k", "ranks",
-             "batch_size", "wall_s", "sim_time_s")
+OK_FIELDS = ("num_examples", "train_loss", "accuracy", "budget_bytes", "training_bytes",
+             "activation_bytes", "grad_bytes", "optimizer_bytes", "param_bytes",
+             "transient_bytes", "compressed_bytes", "peak_forward_bytes", "peak_step_bytes",
+             "total_bytes", "method", "last_k", "ranks", "batch_size", "wall_s", "sim_time_s")
 
 
 def _config(fleet: list[dict], rounds: int, **overrides: object) -> ExperimentConfig:
@@ -52,7 +54,7 @@ def _no_descendants_left() -> list[int]:
             if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 
-def _train_results(outcome: runner.RunOutcome) -> list[ClientResult]:
+def _train_results(outcome: runner.RunOutcome) -> list[ClientRecord]:
     return [e.client for e in outcome.events if e.client is not None]
 
 
@@ -84,7 +86,9 @@ def test_simulation_engine_small_run(tmp_path: Path) -> None:
         else:
             assert c.status == "ok", c
             assert all(getattr(c, f) is not None for f in OK_FIELDS), c
-            assert c.peak_bytes > 0 and c.budget_bytes > c.activation_bytes
+            assert c.peak_step_bytes >= c.peak_forward_bytes > 0
+            assert c.budget_bytes >= c.training_bytes > c.activation_bytes
+            assert c.rss_peak_bytes is None and c.memory_limit_bytes is None  # simulation
     last = [c for c in clients if c.round == 2]
     assert rounds[-1].num_ok == sum(c.status == "ok" for c in last)
     assert rounds[-1].num_failed == 3 - rounds[-1].num_ok
@@ -138,6 +142,9 @@ def test_deployment_engine_under_real_memory_limits(tmp_path: Path) -> None:
     assert "ClientApp stopped responding." in (tmp_path / "client-errors.log").read_text()
     assert rpi5.status == "ok" and all(getattr(rpi5, f) is not None for f in OK_FIELDS), rpi5
     assert usage["rpi5"] == (0, usage["rpi5"][1]) and usage["rpi5"][1] > 100 * 2**20  # torch ran
+    # the ClientApp read its own cgroup: the limit, and a peak no later reading is below
+    assert rpi5.memory_limit_bytes == catalogue.profile("rpi5").ram_bytes
+    assert 100 * 2**20 < rpi5.rss_peak_bytes <= usage["rpi5"][1]
     # nothing of the run is left: processes (by recorded pid and as our descendants), cgroups
     assert not any(p.alive() for p in fleets[0].processes)
     assert _no_descendants_left() == []

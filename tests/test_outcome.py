@@ -12,7 +12,8 @@ import pytest
 
 from common.config import ExperimentConfig
 from common.devices import load_catalogue
-from common.events import ClientResult, Event, RunState
+from common.events import Event, RunState
+from common.record import ClientRecord
 from server import runner
 from server.outcome import COMPLETED, judge
 from server.report import Reporter
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _train(round_: int, partition: int, status: str, reason: str = "") -> Event:
-    result = ClientResult(round=round_, node_id=partition, partition_id=partition,
+    result = ClientRecord(round=round_, node_id=partition, partition_id=partition,
                           device="rpi5", status=status, reason=reason)
     return Event(run_id="r", client=result)
 
@@ -53,7 +54,7 @@ def test_a_round_that_never_happened_counts_as_empty() -> None:
 
 def test_every_round_with_a_successful_client_is_finished() -> None:
     events = [_train(1, 0, "ok"), _train(1, 1, "dropped"), _train(2, 1, "ok")]
-    evaluate = Event(run_id="r", client=ClientResult(
+    evaluate = Event(run_id="r", client=ClientRecord(
         round=2, phase="evaluate", node_id=0, partition_id=0, device="rpi5", status="error"))
     verdict = judge(COMPLETED, [*events, evaluate], rounds=2)
     assert verdict.state == RunState(status="finished", message=f"flower status {COMPLETED}")

@@ -68,7 +68,7 @@ async def compare_runs(
     request: Request, services: ServicesDep,
     run: Annotated[list[RunIdText] | None,
                    Query(max_length=50, description="run ids; none: the latest 200 runs")] = None,
-    memory: MemoryMetric = "peak",
+    memory: MemoryMetric = "activation",
 ) -> Response:
     """Runs side by side; ``pareto`` marks the memory-vs-final-accuracy front."""
 
