@@ -23,7 +23,7 @@ from common.compression import (
     wrapped_layers,
 )
 from common.compression.conv import ConvGeometry, tucker_conv_weight_grad
-from common.compression.decompose import one_thread
+from common.compression.decompose import gram_lower, one_thread
 from common.compression.lean import pack_bits, unpack_bits
 from common.compression.linear import tucker_linear_weight_grad
 from common.compression.rank import eps_ranks, widen_free_modes
@@ -458,3 +458,10 @@ def test_rank_tuple_must_match_modes():
 def test_unsupported_padding_names_the_layer():
     with pytest.raises(ValueError, match="padding"):
         wrap_last_layers(nn.Sequential(nn.Conv2d(2, 2, 3, padding="same")), "hosvd", 1)
+
+
+@pytest.mark.parametrize("rows", [1, 63, 200, 257, 300])
+def test_gram_lower_is_the_lower_triangle_of_the_gram(rows):
+    """Blocked Gram: on and below the diagonal exactly A A^T (what eigh reads)."""
+    a = torch.randn(rows, 37, dtype=DTYPE)
+    assert torch.allclose(gram_lower(a).tril(), (a @ a.T).tril(), rtol=1e-12, atol=1e-10)
