@@ -314,7 +314,7 @@ def main() -> None:
     parser.add_argument("--case", action="append", default=[],
                         help="only cases whose name contains this text (repeatable)")
     args = parser.parse_args()
-    region_reps, model_reps, decomposition_reps = (3, 2, 1) if args.quick else (9, 5, 3)
+    region_reps, model_reps, decomposition_reps = (3, 1, 1) if args.quick else (9, 5, 3)
     batch_sizes = (64,) if args.quick else (32, 64)
     eps_values = (0.8,) if args.quick else (0.8, 0.9)
     torch.set_num_threads(args.threads)

@@ -13,8 +13,10 @@ matrix product and a small symmetric eigenproblem; the right factor is never bui
 
 TensorLy (PyTorch backend) does the unfoldings and mode products: its mode_dot (one unfold,
 one GEMM, one fold) measured as fast as torch.tensordot / einsum on our shapes, often faster.
-Plain torch where it was faster: the last-mode unfolding as a copy-free view, and ASI's thin
-products (see ``subspace_iteration``). ``hosvd`` runs on one intra-op thread (``one_thread``).
+Plain torch where it was faster: the last-mode unfolding as a copy-free view, the Gram
+matrices' lower triangles (``gram_lower``) and ASI's power step (see ``subspace_iteration``).
+The eigenproblems and QRs run on one intra-op thread (``one_thread``), the GEMMs on the
+caller's threads.
 """
 
 from __future__ import annotations
@@ -102,18 +104,27 @@ def gram_lower(a: Tensor) -> Tensor:
 
 def mode_spectrum(x: Tensor, n: int) -> ModeSpectrum:
     """Spectrum of A_(n) from the eigendecomposition of its smaller Gram side (only the lower
-    triangle of the Gram matrix is formed, see ``gram_lower``)."""
+    triangle of the Gram matrix is formed, see ``gram_lower``; the eigenproblem runs on one
+    thread, see ``one_thread``)."""
     a = unfolding(x, n)
     tall = a.shape[0] > a.shape[1]
-    energies, vectors = torch.linalg.eigh(gram_lower(a.T if tall else a))  # ascending
+    gram = gram_lower(a.T if tall else a)
+    with one_thread():
+        energies, vectors = torch.linalg.eigh(gram)  # ascending
     return ModeSpectrum(energies.flip(0).clamp_min(0.0), vectors.flip(1), tall)
+
+
+def orthonormal_basis(a: Tensor) -> Tensor:
+    """Q of the thin QR of ``a`` (its column space, orthonormal), on one thread."""
+    with one_thread():
+        return torch.linalg.qr(a).Q
 
 
 def leading_vectors(x: Tensor, n: int, spectrum: ModeSpectrum, k: int) -> Tensor:
     """U_n: the k leading left singular vectors of A_(n) (I_n x k, orthonormal)."""
     if not spectrum.tall:
         return spectrum.vectors[:, :k].clone(memory_format=torch.contiguous_format)  # own storage
-    return torch.linalg.qr(unfolding(x, n) @ spectrum.vectors[:, :k]).Q
+    return orthonormal_basis(unfolding(x, n) @ spectrum.vectors[:, :k])
 
 
 def project(x: Tensor, factors: Factors) -> Tensor:
@@ -135,11 +146,11 @@ def project(x: Tensor, factors: Factors) -> Tensor:
 def one_thread() -> Iterator[None]:
     """Run the torch ops inside on one intra-op thread; the previous count is restored.
 
-    A HOSVD of an activation is a chain of small ops (Gram products of a few MFLOP, symmetric
-    eigenproblems of n <= a few hundred, thin QRs), where OpenMP fork/join and the LAPACK
-    reductions' many barriers cost more than a second thread gives back. Measured with 2
-    threads on 2 shared cores: ``eigh`` of a 256 x 256 Gram 2x faster on one thread, the
-    whole HOSVD of a 64x480x2x2 activation about 1.5-2x, no larger input slower.
+    Used for the LAPACK calls of a decomposition (symmetric eigenproblems, thin QRs), where
+    OpenMP fork/join and the reductions' many barriers cost more than a second thread gives
+    back (measured with 2 threads on 2 shared cores: ``eigh`` of a 256 x 256 Gram 2x faster
+    on one thread, of a 960 x 960 one 1.2x). The GEMMs (Gram matrices, power steps,
+    projections) run on the caller's threads, as the convolutions they stand beside do.
     ``torch.set_num_threads`` is process-wide: torch ops of other Python threads meanwhile
     run on one thread too (slower, never different).
     """
@@ -151,7 +162,6 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@one_thread()
 def hosvd(x: Tensor, choose_ranks: RankChoice, modes: Sequence[int]) -> Tucker:
     """Truncated HOSVD: U_n = leading K_n left singular vectors of the ORIGINAL A_(n).
 
@@ -206,7 +216,7 @@ def subspace_iteration(x: Tensor, previous: Factors, ranks: Sequence[int]) -> Tu
                 power = (lower.tril() + lower.tril(-1).T) @ u
             else:
                 power = ((u.T @ a) @ a.T).T
-            factors.append(torch.linalg.qr(power).Q)
+            factors.append(orthonormal_basis(power))
     factors = tuple(factors)
     return Tucker(project(x, factors), factors)
 
