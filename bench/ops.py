@@ -159,9 +159,11 @@ def wrapped(base: nn.Module, case: Case, method: str, params: dict) -> tuple[nn.
 
 
 def region_input(model: nn.Module, region: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The activation entering ``region`` when ``model`` runs on ``x``."""
+    """The activation entering ``region`` (that is, its first Conv2d/Linear layer: every
+    case's region starts with one) when ``model`` runs on ``x``."""
     captured: list[torch.Tensor] = []
-    hook = region[0].register_forward_pre_hook(lambda m, i: captured.append(i[0].detach()))
+    first = trainable_layers(region)[0][1]
+    hook = first.register_forward_pre_hook(lambda m, i: captured.append(i[0].detach()))
     with torch.no_grad():
         model(x)
     hook.remove()
@@ -332,11 +334,11 @@ def main() -> None:
             cases[case.name][batch] = results
             console.print(step_table(f"{case.name}, batch {batch} (load {os.getloadavg()[0]:.1f})",
                                      results))
-            if batch == max(batch_sizes):
-                decomposition += [{"case": case.name, "layer": layer,
-                                   **bench_decomposition(x, eps, decomposition_reps)}
-                                  for layer, x in inputs.items() for eps in eps_values]
-    console.print(decomposition_table(decomposition))
+        rows = [{"case": case.name, "layer": layer,
+                 **bench_decomposition(x, eps, decomposition_reps)}
+                for layer, x in inputs.items() for eps in eps_values]
+        console.print(decomposition_table(rows))
+        decomposition += rows
     targets = check_targets(cases, decomposition)
     for target, ok in targets.items():
         console.print(f"{'PASS' if ok else 'FAIL'}  {target}")
