@@ -29,7 +29,6 @@ import logging
 import pickle
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from common.datasets import DatasetSpec, dataset_spec
 from common.fetch import cache_dir, locate
 
 MAX_TENSOR_BYTES = 8 * 2**30
@@ -50,37 +50,9 @@ PARTITION_CACHE_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a model needs to know about a dataset (its files: :data:`common.fetch.SOURCES`)."""
-
-    name: str
-    num_classes: int
-    channels: int
-    side: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-SPECS = {
-    "fashion-mnist": DatasetSpec("fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,)),
-    "cifar10": DatasetSpec(
-        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    ),
-    "cifar100": DatasetSpec(
-        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
-    ),
-}
 _CIFAR_LABEL_KEY = {"cifar10": b"labels", "cifar100": b"fine_labels"}
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-def dataset_spec(name: str) -> DatasetSpec:
-    """The spec of dataset ``name``; ``ValueError`` naming ``dataset`` if unknown."""
-    if name not in SPECS:
-        raise ValueError(f"dataset: unknown dataset {name!r}, expected one of {', '.join(SPECS)}")
-    return SPECS[name]
 
 
 # ---------------------------------------------------------------------------- file formats

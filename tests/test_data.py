@@ -17,11 +17,13 @@ import pytest
 import torch
 
 from client import task
-from client.task import DEFAULT_EXPERIMENT, client_dataset, client_indices
+from client.task import client_dataset, client_indices
 from common import data, fetch
+from common.datasets import SPECS
+from common.runconfig import DEFAULT_EXPERIMENT
 from common.validate import load_config
 
-FMNIST = data.SPECS["fashion-mnist"]
+FMNIST = SPECS["fashion-mnist"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -82,7 +84,7 @@ def test_resize_native_and_channels(size: int, channels: int) -> None:
 
 def test_channel_conversion_refused() -> None:
     with pytest.raises(ValueError, match="channels"):
-        data.to_tensor(np.zeros((1, 3, 32, 32), np.uint8), data.SPECS["cifar10"], 32, 1)
+        data.to_tensor(np.zeros((1, 3, 32, 32), np.uint8), SPECS["cifar10"], 32, 1)
 
 
 def test_fashion_mnist_from_a_folder(tmp_path: Path) -> None:
@@ -134,7 +136,7 @@ def test_cifar10_from_a_folder(tmp_path: Path) -> None:
     train, test = data.load_dataset("cifar10", 32, root=str(tmp_path))
     assert train.tensors[0].shape == (20, 3, 32, 32)
     assert data.labels_of(test).tolist() == [5, 5, 9, 0]
-    expected = (4 / 255 - data.SPECS["cifar10"].mean[0]) / data.SPECS["cifar10"].std[0]
+    expected = (4 / 255 - SPECS["cifar10"].mean[0]) / SPECS["cifar10"].std[0]
     assert torch.allclose(train.tensors[0][-1, 0], torch.tensor(expected))
 
 
@@ -239,7 +241,8 @@ def test_client_with_a_stored_partition_never_imports_flwr_datasets(cache: Path)
     rows = client_indices(config, 3, config.num_clients)
     script = textwrap.dedent("""
         import json, sys
-        from client.task import DEFAULT_EXPERIMENT, client_dataset, client_indices
+        from client.task import client_dataset, client_indices
+        from common.runconfig import DEFAULT_EXPERIMENT
         from common.validate import load_config
         config = load_config(DEFAULT_EXPERIMENT)
         assert len(client_dataset(config, 3, config.num_clients)) == config.samples_per_client
