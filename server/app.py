@@ -7,6 +7,8 @@
 3. Run FedAvg / FedProx / FedAdam from ``flwr.serverapp.strategy``; every reply, and every
    sampled node that did not reply, becomes a ClientResult event; after aggregation the global
    model is evaluated on the test set (round 0 = the pretrained model) as a RoundResult event.
+   Each round's train config carries the client learning rate and the slice of its cosine
+   schedule (:func:`round_config`), which clients follow.
 
 A client failure never stops the run: error replies are recorded and left out of aggregation.
 """
@@ -41,6 +43,7 @@ from common.config import ExperimentConfig
 from common.devices import assign_entries
 from common.events import ClientResult, RoundResult, RunState
 from common.train import evaluate as evaluate_model
+from common.train import round_span
 from server.report import Reporter
 from server.task import pretrained_model, test_dataset
 
@@ -135,6 +138,14 @@ class NodeDirectory:
         return f"unknown (one of {', '.join(self.leftover)})" if self.leftover else "unknown"
 
 
+def round_config(config: ExperimentConfig, server_round: int) -> dict[str, float]:
+    """What round ``server_round``'s train messages tell clients about the learning rate:
+    ``lr`` and the slice [``lr-span-start``, ``lr-span-end``] of the cosine schedule
+    (``common.train.round_span`` of the experiment's ``lr_schedule``)."""
+    start, end = round_span(config.lr_schedule, server_round, config.rounds)
+    return {"lr": config.lr, "lr-span-start": start, "lr-span-end": end}
+
+
 class Reporting:
     """Strategy mixin: report every sampled node's outcome before the strategy aggregates."""
 
@@ -144,13 +155,15 @@ class Reporting:
     num_failed: int = 0
 
     def attach(self, reporter: Reporter, directory: NodeDirectory,
-               status: StatusLine) -> Reporting:
+               status: StatusLine, experiment: ExperimentConfig) -> Reporting:
         self.reporter, self.directory, self.status = reporter, directory, status
+        self.experiment = experiment
         self._sent: dict[str, list[int]] = {}
         return self
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        config = ConfigRecord({**config, **round_config(self.experiment, server_round)})
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sent["train"] = [m.metadata.dst_node_id for m in messages]
         self.status(f"round {server_round}: {len(messages)} clients training", force=True)
@@ -248,7 +261,7 @@ def main(grid: Grid, context: Context) -> None:
         nodes = wait_for_nodes(grid, config.num_clients, status=status)
         status(f"asking {len(nodes)} nodes which device they are", force=True)
         strategy = make_strategy(config, len(nodes))
-        strategy.attach(reporter, NodeDirectory.ask(grid, config, nodes), status)
+        strategy.attach(reporter, NodeDirectory.ask(grid, config, nodes), status, config)
 
         def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.load_state_dict(arrays.to_torch_state_dict())
@@ -265,7 +278,7 @@ def main(grid: Grid, context: Context) -> None:
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=config.rounds,
             timeout=config.round_timeout_s,
-            train_config=ConfigRecord({"lr": config.lr}),
+            train_config=ConfigRecord(),
             evaluate_fn=central_evaluation,
         )
     finally:

@@ -142,16 +142,22 @@ def client_table(results: object) -> Table:
 
 @app.command()
 def devices() -> None:
-    """List the device catalogue and its named fleets."""
+    """List the device catalogue and its named fleets; a budget scaled down from the real
+    board's (``board_budget_bytes``) is marked with its scale, and its note says why."""
     catalogue = load_catalogue()
     table = Table(title="device catalogue")
-    for column in ("name", "budget", "ram limit", "GFLOP/s", "up Mbit/s", "down Mbit/s",
-                   "availability", "cpus", "description"):
+    for column in ("name", "budget", "board budget", "ram limit", "GFLOP/s", "up Mbit/s",
+                   "down Mbit/s", "availability", "cpus", "description"):
         table.add_column(column)
     for p in catalogue.profiles.values():
-        table.add_row(p.name, _mib(p.budget_bytes), _mib(p.ram_bytes), f"{p.flops / 1e9:g}",
-                      f"{p.uplink_bps / 1e6:g}", f"{p.downlink_bps / 1e6:g}",
-                      f"{p.availability:.2f}", f"{p.cpus:g}", p.description)
+        scale = p.budget_scale
+        budget = _mib(p.budget_bytes) + ("" if scale is None or scale == 1.0
+                                         else f" (scaled 1/{1 / scale:.0f})")
+        description = "\n".join(part for part in (p.description, p.budget_note) if part)
+        table.add_row(p.name, budget, _mib(p.board_budget_bytes), _mib(p.ram_bytes),
+                      f"{p.flops / 1e9:g}", f"{p.uplink_bps / 1e6:g}",
+                      f"{p.downlink_bps / 1e6:g}", f"{p.availability:.2f}", f"{p.cpus:g}",
+                      description)
     console.print(table)
     for name, mix in catalogue.fleets.items():
         console.print(f"fleet [bold]{name}[/]: " + ", ".join(f"{n} x {d}" for d, n in mix.items()))

@@ -63,6 +63,7 @@ def test_devices_lists_catalogue_and_fleets() -> None:
     assert result.exit_code == 0, result.output
     for name in ("mcu", "rpi-zero", "rpi5", "jetson-nano", "phone", "quickstart", "compose-test"):
         assert name in result.output
+    assert "scaled 1/64" in result.output and "board budget" in result.output  # rpi5
 
 
 def test_plan_rejects_unknown_device() -> None:
