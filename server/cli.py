@@ -82,7 +82,12 @@ def run(
 ) -> None:
     """Run one experiment: progress per round, a per-client table at the end."""
     config = load_experiment(config_path)
+    from common.train import pretraining_tradeoff  # imported late: torch is slow to import
     from server import runner  # imported late: `edgefed devices` stays fast
+
+    tradeoff = pretraining_tradeoff(config)
+    if tradeoff:
+        console.print(f"[yellow]note[/]: {tradeoff}")
 
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     out = out or Path("runs") / run_id
@@ -115,7 +120,8 @@ def run(
     rounds = [e.round for e in outcome.events if e.round is not None]
     if rounds:
         console.print(f"test accuracy {rounds[0].accuracy:.4f} (pretrained) -> "
-                      f"{rounds[-1].accuracy:.4f} after round {rounds[-1].round}")
+                      f"{rounds[-1].accuracy:.4f} after round {rounds[-1].round}"
+                      + (" (reduced pretraining, see the note above)" if tradeoff else ""))
     console.print(f"flower status {outcome.status}, {outcome.wall_s:.1f} s; events in "
                   f"{out / 'events.jsonl'}")
     if outcome.status != "finished:completed":
