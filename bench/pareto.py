@@ -36,12 +36,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from common.compression import compressed_bytes, layer_ranks, trainable_layers, wrap_last_layers
 from common.config import ExperimentConfig, load_config
@@ -49,7 +50,6 @@ from common.data import dataset_spec, labels_of, load_dataset, matched_subset, s
 from common.memory import format_bytes, measure
 from common.train import (
     batchnorm_eval,
-    evaluate,
     log_prior,
     pretrain_setup_b,
     setup_b_data,
@@ -119,9 +119,32 @@ class Point:
     ranks: list[list[int]]
 
 
+@dataclass(frozen=True)
+class TestSets:
+    """The balanced and client-mix test sets as positions into one union of test images, so
+    that each model predicts every image once."""
+
+    images: Subset
+    parts: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, dataset: Dataset, **parts: np.ndarray) -> TestSets:
+        union = np.union1d(*parts.values()) if len(parts) > 1 else next(iter(parts.values()))
+        return cls(Subset(dataset, union.tolist()),
+                   {name: np.searchsorted(union, rows) for name, rows in parts.items()})
+
+    @torch.no_grad()
+    def accuracies(self, model: nn.Module) -> dict[str, float]:
+        """Accuracy of ``model`` (put in eval mode) on each part."""
+        model.eval()
+        correct = torch.cat([model(inputs).argmax(1) == targets for inputs, targets
+                             in DataLoader(self.images, batch_size=256)])
+        return {name: correct[rows].float().mean().item() for name, rows in self.parts.items()}
+
+
 def run_point(
     pretrained: nn.Module, variant: Variant, last_k: int, data: Subset,
-    tests: tuple[Subset, Subset], args: argparse.Namespace, seed: int,
+    tests: TestSets, args: argparse.Namespace, seed: int,
     adjustment: torch.Tensor | None,
 ) -> Point:
     """Fine-tune a copy of ``pretrained`` with ``variant`` on its last ``last_k`` layers (one
@@ -144,7 +167,8 @@ def run_point(
                    on_step=lambda step, total, loss: stored.append(compressed_bytes(model)))
     seconds = time.perf_counter() - started
     after = measured()
-    (_, accuracy), (_, client_accuracy) = (evaluate(model, test) for test in tests)
+    scores = tests.accuracies(model)
+    accuracy, client_accuracy = scores["accuracy"], scores["client_accuracy"]
     return Point(
         label=variant.label, method=variant.method, last_k=last_k, seeds=[seed],
         accuracy=accuracy, accuracy_low=accuracy, accuracy_high=accuracy,
@@ -342,13 +366,12 @@ def main(argv: list[str] | None = None) -> list[Point]:
     client_labels = labels_of(client_half.dataset)[client_half.indices]
     client_mix = matched_subset(labels_of(test_set), client_labels, args.test_samples,
                                 config.seed)
-    tests = (Subset(test_set, balanced.tolist()), Subset(test_set, client_mix.tolist()))
+    tests = TestSets.of(test_set, accuracy=balanced, client_accuracy=client_mix)
     adjustment = None
     if args.loss == "logit-adjusted":
         adjustment = log_prior(torch.as_tensor(client_labels),
                                dataset_spec(config.dataset).num_classes)
-    baselines = {name: evaluate(pretrained, test)[1]
-                 for name, test in zip(("accuracy", "client_accuracy"), tests, strict=True)}
+    baselines = tests.accuracies(copy.deepcopy(pretrained))
     num_layers = len(trainable_layers(pretrained))
     ks = [num_layers if k == "all" else int(k) for k in args.last_k]
     points = []
@@ -378,7 +401,7 @@ def main(argv: list[str] | None = None) -> list[Point]:
         "pretrained_accuracy": baselines,
         "seconds": time.perf_counter() - started,
         "load_average": list(os.getloadavg()),
-        "test_images": {"balanced": len(tests[0]), "client_mix": len(tests[1])},
+        "test_images": {name: len(rows) for name, rows in tests.parts.items()},
         "points": [asdict(p) for p in points],
         "summary": summary,
     }
