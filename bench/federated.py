@@ -13,10 +13,12 @@ What it leaves out, on purpose: device budgets and availability (every client tr
 method and configuration every round), Flower's transport. ``edgefed run`` measures those; this
 bench isolates the optimisation. An *arm* is a method/last_k/eps with a client loss and a
 learning-rate schedule; ``--arms`` picks them by label (see ``ARMS``), ``--seeds`` repeats each
-with other shuffling seeds (mean and the min-max range over seeds are reported).
+with other shuffling seeds (mean and the min-max range over seeds are reported); ``--seed``
+changes the experiment itself (Setup-B split, pretraining, Dirichlet partitions).
 
     python -m bench.federated [--config examples/credible.yaml] [--arms ...] [--seeds 0 1 2]
-                              [--rounds 5] [--samples-per-client N] [--threads N] [--tag NAME]
+                              [--rounds 5] [--samples-per-client N] [--test-samples N]
+                              [--seed N] [--threads N] [--tag NAME]
 
 Prints a table and writes ``bench/results/federated<-tag>.json``.
 """
@@ -159,6 +161,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="default: the config's")
     parser.add_argument("--samples-per-client", type=int, default=None,
                         help="default: the config's (none: the whole partition)")
+    parser.add_argument("--test-samples", type=int, default=None,
+                        help="default: the config's (none: the whole test set)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the experiment's seed (split, pretraining, partitions); "
+                        "default: the config's")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -171,8 +178,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     config = load_config(args.config)
-    update = {k: v for k, v in (("rounds", args.rounds),
-                                ("samples_per_client", args.samples_per_client)) if v}
+    update = {k: v for k, v in (("rounds", args.rounds), ("seed", args.seed),
+                                ("samples_per_client", args.samples_per_client),
+                                ("test_samples", args.test_samples)) if v is not None}
     config = config.model_copy(update=update)
     pretrained = pretrain_setup_b(config)
     clients = [client_dataset(config, pid, config.num_clients)
