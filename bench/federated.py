@@ -41,10 +41,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from client.task import client_dataset, trainable_sgd
 from common.compression import wrap_last_layers
-from common.config import ExperimentConfig, load_config
+from common.config import ExperimentConfig
 from common.data import dataset_spec
 from common.memory import measure
 from common.train import evaluate, log_prior, pretrain_setup_b, round_span, train
+from common.validate import load_config
 from server.task import test_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from common.compression import compressed_bytes, layer_ranks, trainable_layers, wrap_last_layers
-from common.config import ExperimentConfig, load_config
+from common.config import ExperimentConfig
 from common.data import dataset_spec, labels_of, load_dataset, matched_subset, subsample
 from common.memory import format_bytes, measure
 from common.train import (
@@ -56,6 +56,7 @@ from common.train import (
     sgd,
     train,
 )
+from common.validate import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CREDIBLE = ROOT / "examples" / "credible.yaml"

@@ -57,6 +57,35 @@ def count(driver, selector: str) -> int:
     return len(driver.find_elements(By.CSS_SELECTOR, selector))
 
 
+def test_form_shows_every_wrong_field_beside_it(browser, tmp_path):
+    """Several wrong fields at once: each message beside its input (the API's 422 names them
+    all, as the CLI does) and nothing is created; once they are fixed the form's values pass."""
+    wait = WebDriverWait(browser, 60)
+    with DashboardProcess(tmp_path) as server:
+        browser.get(f"{server.url}/experiments/new")
+        wait.until(lambda d: d.find_elements(By.ID, "experiment-form"))
+        Select(browser.find_element(By.ID, "f-model")).select_by_value("smallcnn")
+        type_into(browser, "f-rounds", 0)
+        type_into(browser, "f-compression-last_k", 30)
+        type_into(browser, "f-lr", "fast")
+        expected = {"err-f-rounds": "greater than or equal to 1",
+                    "err-f-compression-last_k": "30 exceeds the 5 Conv2d/Linear layers",
+                    "err-f-lr": "valid number"}
+        wait.until(lambda d: all(text in d.find_element(By.ID, element).text
+                                 for element, text in expected.items()))
+        browser.find_element(By.ID, "create").click()
+        wait.until(lambda d: d.find_element(By.ID, "err-f-rounds").text)
+        assert "/experiments/new" in browser.current_url
+        assert httpx.get(f"{server.url}/api/experiments").json() == []
+
+        for element, value in (("f-rounds", 2), ("f-compression-last_k", 3), ("f-lr", 0.05)):
+            type_into(browser, element, value)  # every value the form sends passes strict types
+        wait.until(lambda d: not any(e.text for e in d.find_elements(By.CSS_SELECTOR, ".error")))
+        browser.find_element(By.ID, "create").click()
+        wait.until(lambda d: "/experiments/new" not in d.current_url)
+        assert len(httpx.get(f"{server.url}/api/experiments").json()) == 1
+
+
 @pytest.mark.slow
 def test_form_launch_and_live_charts(browser, tmp_path):
     OUTPUT.mkdir(exist_ok=True)

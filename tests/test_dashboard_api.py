@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from server.dashboard.app import create_app
 from server.dashboard.settings import Settings
+from tests.config_cases import BAD_EXPERIMENTS, experiment
 from tests.dashboard_support import tiny_config, wait_for
 
 BASE = "http://127.0.0.1"
@@ -88,6 +89,51 @@ def test_invalid_config_names_the_field_and_stores_nothing(client, overrides, fi
         errors = field_errors(client.post(path, json=tiny_config(**overrides)))
         assert field in errors, errors
     assert client.get("/api/experiments").json() == before
+
+
+def refused(client, body: bytes) -> list[dict]:
+    """Both experiment endpoints answer 422 with the same errors, no traceback; nothing is
+    stored. Returns the errors."""
+    before = client.get("/api/experiments").json()
+    answers = [client.post(path, content=body, headers={"Content-Type": "application/json"})
+               for path in ("/api/experiments", "/api/experiments/validate")]
+    assert [r.status_code for r in answers] == [422, 422], answers[0].text
+    assert answers[0].json() == answers[1].json() and "Traceback" not in answers[0].text
+    assert client.get("/api/experiments").json() == before
+    return answers[0].json()["detail"]
+
+
+@pytest.mark.parametrize(("changes", "expected"), [c[1:] for c in BAD_EXPERIMENTS],
+                         ids=[c.id for c in BAD_EXPERIMENTS])
+def test_every_wrong_field_is_named_like_the_cli_does(client, changes, expected):
+    create(client, name="kept")
+    detail = refused(client, json.dumps(experiment(changes, tiny_config())).encode())
+    errors = {e["field"]: e["msg"] for e in detail}
+    assert sorted(errors) == sorted(expected), errors
+    for field, fragment in expected.items():
+        assert fragment in errors[field], errors
+    for e in detail:  # the form puts each error beside the input its location names
+        assert e["loc"] == ["body", *(int(p) if p.isdigit() else p
+                                      for p in e["field"].split("."))]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"name": "x",\n "rounds": 3,,\n}',
+     "body:2:14: Expecting property name enclosed in double quotes"),
+    (b'{"name": "caf\xe9"}', "body:1:14: not UTF-8 text (byte 0xe9)"),
+    (b'[1, 2]', "body: expected a mapping of fields at the top level, got a list"),
+    (b"", "body:1:1: Expecting value"),
+])
+def test_unparsable_bodies_are_one_error_with_line_and_column(client, body, message):
+    assert [(e["loc"], e["msg"]) for e in refused(client, body)] == [(["body"], message)]
+
+
+def test_duplicate_keys_are_refused_with_their_lines(client):
+    body = ('{"lr": 0.1,\n "rounds": 2,\n "compression": {"method": "svd", "method": "hosvd"},'
+            '\n "lr": 0.2}')
+    assert [e["msg"] for e in refused(client, body.encode())] == [
+        "body:3:45: duplicate key 'method' (first given at line 3)",
+        "body:4:8: duplicate key 'lr' (first given at line 1)"]
 
 
 def test_validate_returns_the_config_with_defaults(client):
