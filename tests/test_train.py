@@ -215,3 +215,11 @@ def test_run_centralized_reports_accuracy_and_memory(
     assert result.memory.compressed_bytes < result.vanilla_memory.compressed_bytes
     assert [len(r) for r in result.ranks] == [2, 2]  # two Linear layers: batch and feature modes
     assert "hosvd vs vanilla" in console.export_text()
+
+
+def test_reduced_pretraining_is_named_with_what_it_trades_away() -> None:
+    assert T.pretraining_tradeoff(_config(pretrain_epochs=5)) is None
+    capped = T.pretraining_tradeoff(_config(pretrain_epochs=5, pretrain_samples=6000))
+    assert capped is not None and "6,000 samples" in capped and "credible" in capped
+    assert "1 epochs" in T.pretraining_tradeoff(_config(pretrain_epochs=1))
+    assert "untrained" in T.pretraining_tradeoff(_config(pretrain_epochs=0))
