@@ -35,6 +35,8 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.ops
 	$(BIN)/python -m bench.pareto
+	$(BIN)/python -m bench.federated
+	$(BIN)/python -m bench.binding
 	$(BIN)/python -m bench.fleet
 
 # The compose fleet on a real Docker engine (root; docker.io, docker-compose, debootstrap installed):
