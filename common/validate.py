@@ -63,6 +63,13 @@ def layer_count(model: str, width: float, image_size: int, dataset: str) -> int:
     return len(trainable_layers(built))
 
 
+def warm_up() -> None:
+    """Import torch and the models and count the default experiment's layers, so that the first
+    validation a server answers does not pay for them (seconds on a loaded machine)."""
+    defaults = ExperimentConfig.model_fields
+    layer_count(*(defaults[name].default for name in ("model", "width", "image_size", "dataset")))
+
+
 LAYER_READS = ("compression.last_k", "model", "width", "image_size", "dataset")
 
 

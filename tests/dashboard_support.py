@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
+
+from server.procs import terminate
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_RUN = Path(__file__).with_name("dashboard_fake_run.py")
@@ -99,12 +102,15 @@ class DashboardProcess:
     def __exit__(self, *_: object) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        leader = psutil.Process(self.proc.pid)
+        terminate(lambda: [leader], 30, group=self.proc.pid)
+
+    def create_experiment(self, config: dict) -> dict:
+        """POST the experiment; the first validation builds the model (imports torch), which
+        takes more than httpx's default 5 s on a loaded machine."""
+        response = httpx.post(f"{self.url}/api/experiments", json=config, timeout=60)
+        assert response.status_code == 201, response.text
+        return response.json()
 
     def fake_runs(self) -> dict[str, str]:
         """Environment that makes the runner start the stand-in run script."""

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 def test_kill_9_loses_nothing_acknowledged(tmp_path):
     db = f"sqlite:///{tmp_path / 'crash.db'}"
     with DashboardProcess(tmp_path, "--db", db) as server:
-        experiment = httpx.post(f"{server.url}/api/experiments", json=tiny_config()).json()
+        experiment = server.create_experiment(tiny_config())
         attached = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/attach").json()
         run_id = attached["run"]["id"]
         done = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/attach").json()
@@ -25,7 +25,7 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path):
                 for p in range(4):
                     event = {"run_id": run_id, "client": {
                         "round": r + 1, "node_id": p, "partition_id": p, "device": "rpi5",
-                        "status": "ok", "peak_bytes": 1000 * (p + 1), "accuracy": 0.1 * r}}
+                        "status": "ok", "peak_step_bytes": 1000 * (p + 1), "accuracy": 0.1 * r}}
                     assert c.post(attached["report_url"], json=event).status_code == 201
                 event = {"run_id": run_id, "round": {"round": r + 1, "accuracy": 0.1 * r,
                                                       "loss": 1.0}}
@@ -51,8 +51,7 @@ def test_restart_stops_a_run_process_left_behind(tmp_path):
     probe = DashboardProcess(tmp_path)
     env = probe.fake_runs()
     with DashboardProcess(tmp_path, env=env) as server:
-        experiment = httpx.post(f"{server.url}/api/experiments",
-                                json=tiny_config(name="slow-orphan")).json()
+        experiment = server.create_experiment(tiny_config(name="slow-orphan"))
         run_id = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch").json()["id"]
         detail = wait_for(lambda: (d := httpx.get(f"{server.url}/api/runs/{run_id}").json())
                           ["run"]["status"] == "running" and d, 30, "the run to start")

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 
 def launch(server: DashboardProcess, name: str) -> str:
-    experiment = httpx.post(f"{server.url}/api/experiments", json=tiny_config(name=name)).json()
+    experiment = server.create_experiment(tiny_config(name=name))
     response = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch")
     assert response.status_code == 202, response.text
     return response.json()["id"]

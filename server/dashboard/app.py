@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from common.config import ExperimentConfig
+from common.validate import warm_up
 from server.dashboard import pages
 from server.dashboard.api import experiments, export, meta, runs, stream
 from server.dashboard.broker import Broker
@@ -73,6 +74,7 @@ def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         broker.bind(asyncio.get_running_loop())
+        threading.Thread(target=warm_up, daemon=True, name="warm-validation").start()
         await run_in_threadpool(recover, services)
         services.runner.start()
         for config in launches:

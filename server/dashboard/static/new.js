@@ -206,7 +206,25 @@ async function submit(event) {
   }
 }
 
+// What the chosen compression method keeps and which parameters it reads (GET /api/methods).
+function methodHelp(methods) {
+  const select = document.querySelector('[data-path="compression.method"]');
+  if (!select) return;
+  const help = el("small", { id: "method-help" });
+  const show = () => {
+    const m = methods[select.value];
+    help.textContent = m ? `${m.summary}; reads ${m.params.map((p) => p.name).join(", ")
+      || "no parameter"}` : "";
+  };
+  select.after(help);
+  select.addEventListener("change", show);
+  show();
+}
+
 header();
-[schema, catalogue] = await Promise.all([api("/api/schema/experiment"), api("/api/devices")]);
+let methods;
+[schema, catalogue, methods] = await Promise.all([api("/api/schema/experiment"),
+  api("/api/devices"), api("/api/methods")]);
 catalogue.profiles = Object.fromEntries(catalogue.profiles.map((p) => [p.name, p]));
 build();
+methodHelp(Object.fromEntries(methods.map((m) => [m.name, m])));
