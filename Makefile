@@ -57,6 +57,7 @@ bench: data
 	$(BIN)/python -m bench.federated
 	$(BIN)/python -m bench.binding
 	$(BIN)/python -m bench.fleet
+	$(BIN)/python -m bench.cancel
 
 # Plain Flower: `flwr run .` (EXPERIMENT, default the quickstart: 20 SuperNodes) on a local
 # SuperLink started before and stopped after the run, in this virtualenv (no `uv sync` per run).
