@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ClientStatus = Literal["ok", "oom", "dropped", "error"]
+SECONDS_MAX = 1e12  # bound of times in seconds (charts and sums stay finite)
 RunStatus = Literal["queued", "running", "finished", "failed", "cancelled", "interrupted"]
 
 
@@ -32,7 +33,7 @@ class ClientResult(_Record):
     reason: str = Field("", max_length=2000)
     num_examples: int = Field(0, ge=0)
     train_loss: float | None = None
-    accuracy: float | None = None
+    accuracy: float | None = Field(None, ge=0, le=1)
     activation_bytes: int | None = Field(None, ge=0)
     compressed_bytes: int | None = Field(None, ge=0)
     peak_bytes: int | None = Field(None, ge=0)
@@ -40,18 +41,18 @@ class ClientResult(_Record):
     budget_bytes: int | None = Field(None, ge=0)
     method: str | None = Field(None, max_length=20)
     last_k: int | None = Field(None, ge=0)
-    eps: float | None = None
+    eps: float | None = Field(None, ge=0, le=1)
     ranks: list[list[int]] | None = None
     batch_size: int | None = Field(None, ge=0)
-    wall_s: float | None = Field(None, ge=0)
-    sim_time_s: float | None = Field(None, ge=0)
+    wall_s: float | None = Field(None, ge=0, le=SECONDS_MAX)
+    sim_time_s: float | None = Field(None, ge=0, le=SECONDS_MAX)
 
 
 class RoundResult(_Record):
     """Global metrics after aggregation; round 0 is the pretrained starting point."""
 
     round: int = Field(ge=0)
-    accuracy: float
+    accuracy: float = Field(ge=0, le=1)
     loss: float
     num_ok: int = Field(0, ge=0)
     num_failed: int = Field(0, ge=0)
@@ -66,7 +67,7 @@ class Event(_Record):
     """Envelope: exactly one of ``client``, ``round`` or ``state`` is set."""
 
     run_id: str = Field(max_length=64)
-    ts: float = Field(default_factory=time.time)
+    ts: float = Field(default_factory=time.time, ge=0, le=SECONDS_MAX)
     client: ClientResult | None = None
     round: RoundResult | None = None
     state: RunState | None = None

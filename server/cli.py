@@ -78,7 +78,9 @@ def run(
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
     run_id: Annotated[str | None, typer.Option(help="run id used in events")] = None,
     report_url: Annotated[str, typer.Option(help="POST every event here")] = "",
-    report_token: Annotated[str, typer.Option(help="bearer token for report-url")] = "",
+    report_token: Annotated[str, typer.Option(
+        envvar="EDGEFED_REPORT_TOKEN", show_envvar=True,
+        help="bearer token for report-url (prefer the variable: argv is world-readable)")] = "",
 ) -> None:
     """Run one experiment: progress per round, a per-client table at the end."""
     config = load_experiment(config_path)

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+import subprocess
 
 import pytest
 from fastapi.testclient import TestClient
@@ -306,16 +307,37 @@ def test_cancel_queued_run_and_delete_conflicts(client):
     assert client.delete(f"/api/experiments/{experiment['id']}").status_code == 204
 
 
-def test_restart_marks_runs_in_flight_interrupted(tmp_path):
+def test_restart_ends_only_runs_whose_process_is_gone(tmp_path):
     with make_client(tmp_path) as c:
-        run_id, headers = attach(c, create(c)["id"])
-        post(c, run_id, headers, client_event(run_id, 1, 0))
-        done_id, done_headers = attach(c, create(c)["id"])
+        experiment = create(c)["id"]
+        outside, headers = attach(c, experiment)
+        post(c, outside, headers, client_event(outside, 1, 0))
+        done_id, done_headers = attach(c, experiment)
         post(c, done_id, done_headers, {"run_id": done_id, "state": {"status": "finished"}})
+        queued = c.post(f"/api/experiments/{experiment}/launch").json()["id"]  # queue paused
+        lost = c.post(f"/api/experiments/{experiment}/launch").json()["id"]
+        exited = subprocess.Popen(["true"])  # noqa: S607 - a pid that is gone
+        exited.wait(10)
+        c.app.state.services.runlog.set_state(lost, "running", pid=exited.pid)
     with make_client(tmp_path) as c:
-        run = c.get(f"/api/runs/{run_id}").json()
-        assert run["run"]["status"] == "interrupted" and len(run["clients"]) == 1
+        run = c.get(f"/api/runs/{outside}").json()
+        assert run["run"]["status"] == "running" and len(run["clients"]) == 1  # its own to end
         assert c.get(f"/api/runs/{done_id}").json()["run"]["status"] == "finished"
+        assert c.get(f"/api/runs/{queued}").json()["run"]["status"] == "queued"
+        assert c.app.state.services.runner.knows(queued)  # queued again
+        gone = c.get(f"/api/runs/{lost}").json()["run"]
+        assert gone["status"] == "interrupted" and "restarted" in gone["message"]
+
+
+def test_an_event_sent_twice_is_stored_once(client):
+    run_id, headers = attach(client, create(client)["id"])
+    event = {**client_event(run_id, 1, 0), "ts": 1700000000.5}
+    first, again = post(client, run_id, headers, event), post(client, run_id, headers, event)
+    assert first == again
+    other = post(client, run_id, headers, {**event, "ts": 1700000001.5})  # a new event
+    post(client, run_id, headers, {"run_id": run_id, "state": {"status": "finished"}})
+    ids = [int(i) for i, kind, _ in stream_messages(client, run_id) if kind == "client"]
+    assert ids == [first["event_id"], other["event_id"]]
 
 
 def test_catalogue_schema_and_pages(client):

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
 
+    def run_dir(self, run_id: str) -> Path:
+        """A run's folder: its config, the runner's log, the run's ``out`` folder."""
+        return (self.runs_dir / run_id).resolve()
+
     def token_matches(self, given: str | None) -> bool:
         """Constant-time comparison with the configured token (True when none is configured)."""
         if self.token is None:

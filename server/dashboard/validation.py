@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 
 from common.config import ExperimentConfig
 from common.devices import FleetError, load_catalogue, validate_fleet
+from common.events import Event
 
 _FIELD = re.compile(r"^(?:Value error, )?([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
 _PART = re.compile(r"([a-z_]+)|\[(\d+)\]")
@@ -47,9 +48,12 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _error(loc: tuple, msg: str, value: Any = None) -> dict:
+    return {"type": "value_error", "loc": ("body", *loc), "msg": msg, "input": value}
+
+
 def invalid(loc: tuple, msg: str, value: Any = None) -> RequestValidationError:
-    return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": msg,
-                                    "input": value}])
+    return RequestValidationError([_error(loc, msg, value)])
 
 
 def checked_config(config: ExperimentConfig) -> ExperimentConfig:
@@ -79,3 +83,14 @@ def storable_errors(value: Any, loc: tuple = ("body",), unsigned: frozenset = fr
     elif isinstance(value, float) and not math.isfinite(value):
         bad = "must be a finite number"
     return [] if bad is None else [{"type": "value_error", "loc": loc, "msg": bad, "input": value}]
+
+
+def event_errors(event: Event, run_id: str) -> list[dict]:
+    """Why the database must not take ``event`` for run ``run_id`` (empty: it may): another
+    run's id, not exactly one part set, numbers out of storable range."""
+    if event.run_id != run_id:
+        return [_error(("run_id",), f"run_id: {event.run_id!r} does not match the URL's "
+                       f"{run_id!r}", event.run_id)]
+    if sum(part is not None for part in (event.client, event.round, event.state)) != 1:
+        return [_error((), "exactly one of client, round, state must be set")]
+    return storable_errors(event.model_dump(), unsigned=frozenset({("client", "node_id")}))
