@@ -26,7 +26,7 @@ from server.dashboard.cache import ResponseCache
 from server.dashboard.db import Database
 from server.dashboard.deps import Services
 from server.dashboard.models import Experiment
-from server.dashboard.runner import Runner
+from server.dashboard.runner import QueueFull, Runner
 from server.dashboard.security import RequestGuard
 from server.dashboard.settings import Settings, is_loopback
 from server.dashboard.store import Conflict, NotFound, RunLog
@@ -91,7 +91,7 @@ def recover(services: Services) -> None:
 
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
     detail = [locate(e) for e in error.errors()]
-    return JSONResponse({"detail": json_safe(jsonable_encoder(detail))}, status_code=422)
+    return JSONResponse({"detail": jsonable_encoder(json_safe(detail))}, status_code=422)
 
 
 async def _not_found(_: Request, error: NotFound) -> JSONResponse:
@@ -100,6 +100,11 @@ async def _not_found(_: Request, error: NotFound) -> JSONResponse:
 
 async def _conflict(_: Request, error: Conflict) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=409)
+
+
+async def _queue_full(_: Request, error: QueueFull) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=429,
+                        headers={"Retry-After": str(error.retry_after_s)})
 
 
 def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
@@ -132,6 +137,7 @@ def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
+    app.add_exception_handler(QueueFull, _queue_full)
     for module in (experiments, runs, stream, export, meta, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")

@@ -30,7 +30,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import psutil
@@ -126,6 +126,12 @@ def log_tail(path: Path, max_chars: int = 2000) -> str:
     return ""
 
 
+class QueueFull(RuntimeError):
+    """429: ``max_queued_runs`` runs wait already; ``retry_after_s``: when to ask again."""
+
+    retry_after_s = 30
+
+
 class Runner:
     """``max_concurrent_runs`` worker threads take queued runs in order while fewer runs than
     that are held (adopted ones count; 0 pauses the queue)."""
@@ -144,10 +150,27 @@ class Runner:
             for i in range(settings.max_concurrent_runs)
         ]
         self._watchers: list[threading.Thread] = []
+        self._reserved = 0  # places promised by :meth:`place` and not yet submitted
 
     def start(self) -> None:
         for worker in self._workers:
             worker.start()
+
+    @contextlib.contextmanager
+    def place(self) -> Iterator[None]:
+        """A place in the queue for a run created and submitted inside the block; raises
+        :class:`QueueFull` when ``max_queued_runs`` runs wait already (places promised to
+        concurrent callers count, so the bound holds under any concurrency)."""
+        with self._cond:
+            if len(self._queue) + self._reserved >= self.settings.max_queued_runs:
+                raise QueueFull(f"the launch queue is full ({self.settings.max_queued_runs} "
+                                "runs waiting); try again later")
+            self._reserved += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._reserved -= 1
 
     def submit(self, run_id: str, token: str) -> None:
         with self._cond:

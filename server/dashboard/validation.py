@@ -21,6 +21,8 @@ from common.events import Event
 _FIELD = re.compile(r"^(?:Value error, )?([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
 _PART = re.compile(r"([a-z_]+)|\[(\d+)\]")
 INT64 = 2**63
+ECHO_DEPTH = 16
+TOO_DEEP = "(nested too deeply to echo)"
 
 
 def field_loc(path: str) -> tuple[str | int, ...]:
@@ -37,12 +39,17 @@ def locate(error: dict) -> dict:
     return error if loc[-len(field):] == field else {**error, "loc": (*loc, *field)}
 
 
-def json_safe(value: Any) -> Any:
-    """Non-finite floats (which JSON cannot carry) as strings, so any bad input can be echoed."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [json_safe(item) for item in value]
+def json_safe(value: Any, depth: int = ECHO_DEPTH) -> Any:
+    """``value`` as JSON can carry it back: non-finite floats as strings, tuples as lists, and
+    containers nested deeper than ``depth`` replaced by :data:`TOO_DEEP` (a refused input is
+    echoed in its 422, and an input can nest ~1,000 levels within the body limit: echoing all
+    of it would exhaust the stack)."""
+    if isinstance(value, dict | list | tuple):
+        if depth <= 0:
+            return TOO_DEEP
+        if isinstance(value, dict):
+            return {key: json_safe(item, depth - 1) for key, item in value.items()}
+        return [json_safe(item, depth - 1) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
