@@ -43,10 +43,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from common.compression import compressed_bytes, layer_ranks, trainable_layers, wrap_last_layers
-from common.config import ExperimentConfig, load_config
+from common.config import ExperimentConfig
 from common.data import labels_of, load_dataset, matched_subset, subsample
 from common.memory import format_bytes, measure
 from common.train import batchnorm_eval, evaluate, pretrain_setup_b, setup_b_data, sgd, train
+from common.validate import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.config import ExperimentConfig, Policy, load_config
+from common.config import ExperimentConfig, Policy
 from common.data import load_rows, read_raw, setup_b_split, stored_partition, subsample
 from common.devices import Catalogue, DeviceProfile, assign_entries, load_catalogue
 from common.train import sgd
+from common.validate import load_config
 
 DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 

@@ -1,20 +1,20 @@
 """Experiment configuration: one pydantic schema for the CLI, the dashboard API and Flower.
 
-An experiment is validated once, here, and then travels as JSON (``ExperimentConfig.
+An experiment is validated once and then travels as JSON (``ExperimentConfig.
 model_dump_json()``) into Flower's run-config (key ``config-json``) and the dashboard's database.
-Fields that name catalogue entries (device profiles) are checked against the catalogue by
-:func:`common.devices.validate_fleet`, which needs the catalogue file; everything else is checked
-by the schema itself.
+The schema is strict (no coercion: ``lr: true`` or ``local_steps: '3'`` are refused, and so are
+NaN and infinities). Checks that need more than the schema (device names against the catalogue,
+``compression.last_k`` against the model's layers) and the reading of files are in
+:mod:`common.validate`, the one path the CLI, the dashboard API and its form share; it reports
+every problem as a :class:`Problem` of a :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Annotated, Literal
+from collections.abc import Sequence
+from typing import Annotated, Literal, NamedTuple
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 Method = Literal["vanilla", "svd", "hosvd", "asi", "gradfilter"]
 ModelName = Literal["mobilenetv2", "resnet18", "resnet34", "mcunet", "smallcnn"]
@@ -28,12 +28,37 @@ MAX_CLIENTS = 2000
 MAX_ROUNDS = 500
 NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\- ]+$")]
+DEFER_CROSS_CHECKS = "defer_cross_checks"  # validation-context key: see ExperimentConfig
+
+
+class Problem(NamedTuple):
+    """One thing wrong with a config: ``field`` dotted (``compression.last_k``,
+    ``fleet.0.device``; empty for the file as a whole) and the ``reason`` in words."""
+
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.reason}" if self.field else self.reason
+
+
+class ConfigError(ValueError):
+    """A refused config with every problem found; ``str()`` is one problem per line.
+
+    ``source`` names what was read (a file, ``body``), or is empty.
+    """
+
+    def __init__(self, problems: Sequence[Problem], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        super().__init__("\n".join(map(str, self.problems)))
 
 
 class _Strict(BaseModel):
-    """Unknown keys are errors: a typo in a config must not silently fall back to a default."""
+    """Unknown keys are errors: a typo in a config must not silently fall back to a default.
+    No coercion (a string is not a number, a boolean is not a float) and only finite floats."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class CompressionConfig(_Strict):
@@ -99,21 +124,31 @@ class ExperimentConfig(_Strict):
     def num_clients(self) -> int:
         return sum(entry.count for entry in self.fleet)
 
-    @model_validator(mode="after")
-    def _check_counts(self) -> ExperimentConfig:
+    def cross_problems(self) -> list[tuple[Problem, tuple[str, ...]]]:
+        """Checks between fields: each problem found with the fields its check reads."""
+        found = []
         if self.num_clients > MAX_CLIENTS:
-            raise ValueError(f"fleet: {self.num_clients} clients, at most {MAX_CLIENTS} allowed")
+            found.append((Problem("fleet", f"{self.num_clients} clients, at most {MAX_CLIENTS} "
+                                  "allowed"), ("fleet",)))
         if self.min_train_clients > self.num_clients:
-            raise ValueError(
-                f"min_train_clients: {self.min_train_clients} exceeds the fleet's "
-                f"{self.num_clients} clients"
-            )
+            found.append((Problem("min_train_clients", f"{self.min_train_clients} exceeds the "
+                                  f"fleet's {self.num_clients} clients"),
+                          ("min_train_clients", "fleet")))
         num_classes = NUM_CLASSES[self.dataset]
         if self.partitioner == "pathological" and self.classes_per_client > num_classes:
-            raise ValueError(
-                f"classes_per_client: {self.classes_per_client} exceeds the "
-                f"{num_classes} classes of {self.dataset}"
-            )
+            found.append((Problem("classes_per_client", f"{self.classes_per_client} exceeds the "
+                                  f"{num_classes} classes of {self.dataset}"),
+                          ("classes_per_client", "partitioner", "dataset")))
+        return found
+
+    @model_validator(mode="after")
+    def _check_across_fields(self, info: ValidationInfo) -> ExperimentConfig:
+        """Refuse what :meth:`cross_problems` finds, unless the validation context sets
+        :data:`DEFER_CROSS_CHECKS` (``common.validate`` then reports them field by field)."""
+        if not (info.context or {}).get(DEFER_CROSS_CHECKS):
+            problems = [problem for problem, _ in self.cross_problems()]
+            if problems:
+                raise ValueError("; ".join(map(str, problems)))
         return self
 
     def policy_of(self, entry: FleetEntry) -> Policy:
@@ -129,15 +164,16 @@ class SweepConfig(_Strict):
     methods: list[CompressionConfig] = Field(min_length=1, max_length=16)
     fleets: dict[Name, list[FleetEntry]] = Field(min_length=1, max_length=16)
 
-    def experiments(self) -> list[ExperimentConfig]:
-        """One validated experiment per (method, fleet), named ``<base>-<method>-<fleet>``."""
+    def combinations(self) -> list[tuple[int, str, dict]]:
+        """``(method index, fleet name, experiment fields)`` per (method, fleet), the experiment
+        named ``<base>-<method>-<fleet>``; the fields are checked by ``common.validate``."""
         name = self.base.get("name", "sweep")
         return [
-            ExperimentConfig.model_validate({
+            (i, fleet_name, {
                 **self.base, "name": f"{name}-{_tag(method)}-{fleet_name}",
                 "compression": method.model_dump(), "fleet": [e.model_dump() for e in fleet],
             })
-            for method in self.methods
+            for i, method in enumerate(self.methods)
             for fleet_name, fleet in self.fleets.items()
         ]
 
@@ -150,24 +186,3 @@ def _tag(c: CompressionConfig) -> str:
         own = f"rank{c.rank}"
     return "-".join(part for part in (c.method, f"k{c.last_k}", own) if part)
 
-
-def _read_mapping(path: str | Path) -> dict:
-    text = Path(path).read_text()
-    data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of fields at the top level")
-    return data
-
-
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read an experiment from a YAML or JSON file and validate it.
-
-    Raises ``pydantic.ValidationError`` (field-level messages) or ``ValueError`` for unreadable
-    files; nothing is written.
-    """
-    return ExperimentConfig.model_validate(_read_mapping(path))
-
-
-def load_sweep(path: str | Path) -> list[ExperimentConfig]:
-    """Read a :class:`SweepConfig` file and expand it into validated experiments."""
-    return SweepConfig.model_validate(_read_mapping(path)).experiments()

@@ -119,14 +119,20 @@ class FleetError(ValueError):
         self.field = field
 
 
+def fleet_errors(config: ExperimentConfig, catalogue: Catalogue) -> list[FleetError]:
+    """One :class:`FleetError` per fleet entry that names no catalogue profile."""
+    return [
+        FleetError(f"fleet[{i}].device",
+                   f"unknown device {entry.device!r} (known: {', '.join(catalogue.profiles)})")
+        for i, entry in enumerate(config.fleet) if entry.device not in catalogue.profiles
+    ]
+
+
 def validate_fleet(config: ExperimentConfig, catalogue: Catalogue) -> None:
-    """Every fleet entry must name a catalogue profile; raises :class:`FleetError`."""
-    for i, entry in enumerate(config.fleet):
-        if entry.device not in catalogue.profiles:
-            raise FleetError(
-                f"fleet[{i}].device",
-                f"unknown device {entry.device!r} (known: {', '.join(catalogue.profiles)})",
-            )
+    """Every fleet entry must name a catalogue profile; raises the first :class:`FleetError`."""
+    errors = fleet_errors(config, catalogue)
+    if errors:
+        raise errors[0]
 
 
 def assign_entries(config: ExperimentConfig) -> list[FleetEntry]:

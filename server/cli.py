@@ -10,8 +10,10 @@
     edgefed dashboard [--host H] [--port P] [--db URL] [--token T] [--launch FILE]
     edgefed compose [--fleet FLEET] [--out FILE] [--tls]
 
-An invalid experiment stops before anything is written, with one message naming the field and
-exit code 2.
+A config file that is refused (unreadable, bad syntax, any wrong field) stops the command before
+anything is written: exit code 2 and, on stderr, one line per problem (``field: reason``, or
+``file:line:column: what`` for syntax), never a traceback. The checks are ``common.validate``'s,
+the same as the dashboard's.
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common.config import Engine, ExperimentConfig, ModelName, load_config, load_sweep
-from common.devices import FleetError, assign_devices, load_catalogue, validate_fleet
+from common.config import ConfigError, Engine, ExperimentConfig, ModelName
+from common.devices import assign_devices, load_catalogue
 from common.events import ClientResult, Event
+from common.validate import load_config, load_sweep, problems_of
 from server.compose import compose_command
 
 app = typer.Typer(help="Federated fine-tuning on memory-capped edge devices.", no_args_is_help=True)
@@ -39,6 +42,7 @@ fleet_app = typer.Typer(help="A deployment fleet on loopback: SuperLink + SuperN
 app.add_typer(fleet_app, name="fleet")
 app.command("compose")(compose_command)
 console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
 INVALID = 2
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 FLEET_DIR = Path("runs/fleet")
@@ -49,26 +53,25 @@ def _mib(n: int | None) -> str:
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]invalid config[/]: {message}")
+    errors.print(f"[bold red]invalid config[/]: {escape(message)}")
     return typer.Exit(INVALID)
 
 
-def _validation_message(err: ValidationError) -> str:
-    first = err.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "config"
-    return f"{field}: {first['msg']}"
+def refuse(error: ConfigError) -> typer.Exit:
+    """Print every problem of ``error`` on stderr, one per line; the exit (code 2) to raise."""
+    source = f" {error.source}" if error.source else ""
+    errors.print(f"[bold red]invalid config[/]{escape(source)}:")
+    for problem in error.problems:
+        errors.print(f"  {problem}", markup=False)
+    return typer.Exit(INVALID)
 
 
 def load_experiment(path: Path) -> ExperimentConfig:
-    """Read, validate against the schema and the catalogue; exit 2 naming the field if bad."""
+    """Read and check an experiment (``common.validate``); exit 2 listing every problem."""
     try:
-        config = load_config(path)
-        validate_fleet(config, load_catalogue())
-    except ValidationError as err:
-        raise _fail(_validation_message(err)) from None
-    except (FleetError, ValueError, OSError) as err:
-        raise _fail(str(err)) from None
-    return config
+        return load_config(path)
+    except ConfigError as error:
+        raise refuse(error) from None
 
 
 @app.command()
@@ -253,12 +256,8 @@ def sweep(
     """Run every experiment of a methods x budgets sweep; summary table + summary.json."""
     try:
         experiments = load_sweep(sweep_path)
-        for config in experiments:
-            validate_fleet(config, load_catalogue())
-    except ValidationError as err:
-        raise _fail(_validation_message(err)) from None
-    except (FleetError, ValueError, OSError) as err:
-        raise _fail(str(err)) from None
+    except ConfigError as error:
+        raise refuse(error) from None
     from server import runner
 
     runner.install_signal_handlers()
@@ -308,11 +307,14 @@ def dashboard(
         help="experiment YAML/JSON to create and launch at startup (repeatable)")] = None,
 ) -> None:
     """Serve the experiment dashboard (FastAPI) until interrupted."""
+    from pydantic import ValidationError
+
     from server.dashboard.serve import serve  # FastAPI and uvicorn load only for this command
+    from server.dashboard.settings import Settings
 
     try:
         serve(host=host, port=port, db_url=db, token=token, launch=launch or ())
-    except ValidationError as err:
-        raise _fail(_validation_message(err)) from None
-    except ValueError as err:
-        raise _fail(str(err)) from None
+    except ConfigError as error:  # a --launch file
+        raise refuse(error) from None
+    except ValidationError as error:  # the flags and EDGEFED_DASHBOARD_* variables
+        raise refuse(ConfigError(problems_of(error, Settings), "dashboard settings")) from None

@@ -1,4 +1,6 @@
-"""The ``edgefed`` CLI: invalid configs exit 2 naming the field and write nothing."""
+"""The ``edgefed`` CLI: a refused config exits 2, lists every problem on stderr (one
+``field: reason`` line each, or ``file:line:column`` for syntax), shows no traceback and writes
+nothing — for ``run``, ``sweep`` and every other command that takes a config."""
 
 from __future__ import annotations
 
@@ -6,56 +8,124 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import Result
 from typer.testing import CliRunner
 
-from common.config import load_sweep
 from server.cli import app, load_experiment
+from tests.config_cases import (
+    BAD_EXPERIMENTS,
+    DUPLICATE_KEYS,
+    DUPLICATE_LINES,
+    EXAMPLES,
+    SYNTAX_ERRORS,
+    experiment_text,
+    in_sweep,
+    sweep_text,
+)
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 runner = CliRunner()
 
 
-def _config(tmp_path: Path, **changes: object) -> Path:
-    data = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
-    data.update(changes)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
+def _refused(result: Result, cwd: Path, given: set[str]) -> list[str]:
+    """Exit 2, no traceback, nothing new in ``cwd``; the problem lines printed on stderr."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert {p.name for p in cwd.iterdir()} == given, "something was written"
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("invalid config"), result.stderr
+    return [line.strip() for line in lines[1:]]
+
+
+def _fields(lines: list[str]) -> list[str]:
+    return [line.split(": ", 1)[0] for line in lines]
+
+
+def _write(tmp_path: Path, name: str, text: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     return path
 
 
-@pytest.mark.parametrize(
-    ("changes", "field"),
-    [
-        ({"model": "alexnet"}, "model"),
-        ({"fleet": [{"device": "toaster", "count": 2}]}, "fleet[0].device"),
-        ({"compression": {"method": "hosvd", "eps": 1.5}}, "compression.eps"),
-        ({"compression": {"method": "hosvd", "eps": 0.0}}, "compression.eps"),
-        ({"fleet": [{"device": "rpi5", "count": -1}]}, "fleet.0.count"),
-        ({"min_train_clients": 50}, "min_train_clients"),
-        ({"fleet": [{"device": "rpi5", "count": 1500}, {"device": "mcu", "count": 600}]},
-         "fleet"),
-        ({"partitioner": "pathological", "classes_per_client": 11}, "classes_per_client"),
-        ({"rounds": 0}, "rounds"),
-        ({"colour": "blue"}, "colour"),
-    ],
-)
-def test_invalid_config_exits_2_naming_the_field(
-    tmp_path: Path, changes: dict, field: str
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory, so that a default ``runs/...`` output would show."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+@pytest.mark.parametrize(("name", "text", "position", "words"), SYNTAX_ERRORS,
+                         ids=[case[0] for case in SYNTAX_ERRORS])
+def test_syntax_error_is_one_line_with_file_line_and_column(
+    cwd: Path, command: str, name: str, text: str | bytes, position: str, words: str
 ) -> None:
-    path = _config(tmp_path, **changes)
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["run", str(path), "--out", str(out)])
-    assert result.exit_code == 2, result.output
-    assert "invalid config" in result.output
-    assert field in result.output
-    assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+    path = _write(cwd, name, text)
+    result = runner.invoke(app, [command, str(path), "--out", str(cwd / "out")])
+    lines = _refused(result, cwd, {name})
+    assert len(lines) == 1 and lines[0].startswith(f"{path}:{position}: "), lines
+    assert words in lines[0]
 
 
-def test_unreadable_config_exits_2(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
-    assert result.exit_code == 2
-    assert "missing.yaml" in result.output
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_missing_file_is_named(cwd: Path, command: str) -> None:
+    result = runner.invoke(app, [command, "missing.yaml"])
+    assert _refused(result, cwd, set()) == ["missing.yaml: No such file or directory"]
+
+
+@pytest.mark.parametrize(("changes", "expected"), [c[1:] for c in BAD_EXPERIMENTS],
+                         ids=[c.id for c in BAD_EXPERIMENTS])
+def test_run_lists_every_wrong_field(cwd: Path, changes: dict, expected: dict[str, str]) -> None:
+    path = _write(cwd, "config.yaml", experiment_text(changes))
+    result = runner.invoke(app, ["run", str(path), "--out", str(cwd / "out")])
+    lines = _refused(result, cwd, {"config.yaml"})
+    assert sorted(_fields(lines)) == sorted(expected), lines
+    for line in lines:
+        field, reason = line.split(": ", 1)
+        assert expected[field] in reason, line
+
+
+@pytest.mark.parametrize(("changes", "expected"), [c[1:] for c in BAD_EXPERIMENTS],
+                         ids=[c.id for c in BAD_EXPERIMENTS])
+def test_sweep_lists_every_wrong_field_in_its_own_terms(
+    cwd: Path, changes: dict, expected: dict[str, str]
+) -> None:
+    path = _write(cwd, "sweep.yaml", sweep_text(changes))
+    result = runner.invoke(app, ["sweep", str(path), "--out", str(cwd / "out")])
+    lines = _refused(result, cwd, {"sweep.yaml"})
+    assert sorted(_fields(lines)) == sorted(map(in_sweep, expected)), lines
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_duplicate_keys_are_refused_with_their_lines(cwd: Path, command: str) -> None:
+    path = _write(cwd, "config.yaml", DUPLICATE_KEYS)
+    result = runner.invoke(app, [command, str(path), "--out", str(cwd / "out")])
+    assert _refused(result, cwd, {"config.yaml"}) == [f"{path}:{at}" for at in DUPLICATE_LINES]
+
+
+@pytest.mark.parametrize("args", [["plan", "--device", "rpi5", "--config"],
+                                  ["fleet", "up", "--dir", "fleet", "--config"],
+                                  ["dashboard", "--port", "1", "--launch"]],
+                         ids=["plan", "fleet-up", "dashboard"])
+def test_every_command_taking_a_config_refuses_it_alike(cwd: Path, args: list[str]) -> None:
+    changes = {"rounds": -3, "lr": True, "colour": "blue"}
+    path = _write(cwd, "config.yaml", experiment_text(changes))
+    lines = _refused(runner.invoke(app, [*args, str(path)]), cwd, {"config.yaml"})
+    assert sorted(_fields(lines)) == sorted(changes)
+
+
+def test_invalid_sweep_base_cannot_set_what_the_grid_sets(cwd: Path) -> None:
+    sweep = yaml.safe_load(sweep_text({"fleet": [{"device": "mcu", "count": 2}]}))
+    sweep["base"]["compression"] = {"method": "svd"}
+    text = yaml.safe_dump(sweep)
+    lines = _refused(runner.invoke(app, ["sweep", str(_write(cwd, "s.yaml", text))]), cwd,
+                     {"s.yaml"})
+    assert sorted(_fields(lines)) == ["base.compression", "base.fleet"]
+
+
+def test_quickstart_is_valid() -> None:
+    config = load_experiment(EXAMPLES / "quickstart.yaml")
+    assert config.num_clients == 20 and len({e.device for e in config.fleet}) >= 4
+    assert {config.policy_of(e) for e in config.fleet} == {"fit", "fixed"}
 
 
 def test_devices_lists_catalogue_and_fleets() -> None:
@@ -69,27 +139,3 @@ def test_plan_rejects_unknown_device() -> None:
     result = runner.invoke(app, ["plan", "--device", "toaster"])
     assert result.exit_code == 2
     assert "device" in result.output and "toaster" in result.output
-
-
-def test_quickstart_is_valid() -> None:
-    config = load_experiment(EXAMPLES / "quickstart.yaml")
-    assert config.num_clients == 20 and len({e.device for e in config.fleet}) >= 4
-    assert {config.policy_of(e) for e in config.fleet} == {"fit", "fixed"}
-
-
-def test_pareto_sweep_expands_to_methods_x_budgets() -> None:
-    experiments = load_sweep(EXAMPLES / "pareto-fl.yaml")
-    assert len(experiments) == 15 and len({e.name for e in experiments}) == 15
-    assert {e.compression.method for e in experiments} == {
-        "vanilla", "gradfilter", "svd", "hosvd"}
-    assert len({e.fleet[0].device for e in experiments}) == 3
-
-
-def test_invalid_sweep_exits_2(tmp_path: Path) -> None:
-    data = yaml.safe_load((EXAMPLES / "pareto-fl.yaml").read_text())
-    data["methods"][0]["eps"] = 2.0
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(data))
-    result = runner.invoke(app, ["sweep", str(path), "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "methods.0.eps" in result.output
-    assert not (tmp_path / "out").exists()

@@ -20,7 +20,7 @@ import torch
 from client import task
 from client.task import DEFAULT_EXPERIMENT, client_dataset, client_indices
 from common import data
-from common.config import load_config
+from common.validate import load_config
 
 FMNIST = data.SPECS["fashion-mnist"]
 REPO = Path(__file__).resolve().parents[1]
@@ -256,7 +256,7 @@ def test_client_with_a_stored_partition_never_imports_flwr_datasets(cache: Path)
     script = textwrap.dedent("""
         import json, sys
         from client.task import DEFAULT_EXPERIMENT, client_dataset, client_indices
-        from common.config import load_config
+        from common.validate import load_config
         config = load_config(DEFAULT_EXPERIMENT)
         assert len(client_dataset(config, 3, config.num_clients)) == config.samples_per_client
         rows = client_indices(config, 3, config.num_clients).tolist()

@@ -12,10 +12,11 @@ from torch import nn
 from client.planner import Planner, candidates, own_candidate
 from client.task import client_dataset, trainable_sgd
 from common.compression import wrap_last_layers
-from common.config import ExperimentConfig, load_config
+from common.config import ExperimentConfig
 from common.devices import DeviceProfile, load_catalogue
 from common.memory import measure
 from common.train import initial_model
+from common.validate import load_config
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
 CATALOGUE = load_catalogue()

@@ -6,19 +6,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from common.config import ExperimentConfig, load_config
-from common.devices import load_catalogue, validate_fleet
+from common.config import ExperimentConfig
 from server.dashboard import pages
 from server.dashboard.api import experiments, export, meta, runs, stream
 from server.dashboard.broker import Broker
@@ -30,27 +27,10 @@ from server.dashboard.runner import QueueFull, Runner
 from server.dashboard.security import RequestGuard
 from server.dashboard.settings import Settings, is_loopback
 from server.dashboard.store import Conflict, NotFound, RunLog
-from server.dashboard.validation import json_safe, locate
+from server.dashboard.validation import json_safe
 
 log = logging.getLogger(__name__)
 RESTARTED = "the dashboard restarted and the run's process was gone"
-
-
-def read_launch_file(path: str | Path) -> ExperimentConfig:
-    """An experiment file named by the operator (never an API input), checked like the API's.
-
-    Raises ``ValueError`` naming the file and the field.
-    """
-    try:
-        config = load_config(path)
-        validate_fleet(config, load_catalogue())
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        raise ValueError(f"{path}: {field}: {first['msg']}") from None
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: {error}") from None
-    return config
 
 
 def launch(services: Services, config: ExperimentConfig) -> str:
@@ -90,8 +70,7 @@ def recover(services: Services) -> None:
 
 
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-    detail = [locate(e) for e in error.errors()]
-    return JSONResponse({"detail": jsonable_encoder(json_safe(detail))}, status_code=422)
+    return JSONResponse({"detail": jsonable_encoder(json_safe(error.errors()))}, status_code=422)
 
 
 async def _not_found(_: Request, error: NotFound) -> JSONResponse:

@@ -10,7 +10,9 @@ from pathlib import Path
 import uvicorn
 from pydantic import ValidationError
 
-from server.dashboard.app import create_app, read_launch_file
+from common.config import ConfigError
+from common.validate import load_config
+from server.dashboard.app import create_app
 from server.dashboard.settings import Settings
 
 
@@ -22,13 +24,13 @@ def serve(host: str | None = None, port: int | None = None, db_url: str | None =
 
     Unset arguments fall back to ``EDGEFED_DASHBOARD_*`` variables, then to the defaults
     (127.0.0.1:8080, SQLite in runs/dashboard). Raises ``pydantic.ValidationError`` for bad
-    settings (a non-loopback host without a token) and ``ValueError`` for a bad launch file,
+    settings (a non-loopback host without a token) and ``ConfigError`` for a bad launch file,
     before anything starts.
     """
     given = {"host": host, "port": port, "db_url": db_url, "token": token,
              "max_concurrent_runs": max_concurrent_runs, "data_dir": data_dir}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
-    app = create_app(settings, launches=[read_launch_file(path) for path in launch])
+    app = create_app(settings, launches=[load_config(path) for path in launch])
     uvicorn.run(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=5,
                 timeout_keep_alive=30, log_level="info", access_log=access_log)
 
@@ -48,11 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         serve(**vars(args))
+    except ConfigError as error:
+        print(f"error: invalid config {error.source}:", file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
     except ValidationError as error:
         for e in error.errors():
             print(f"error: {e['msg'].removeprefix('Value error, ')}", file=sys.stderr)
-        return 2
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,42 +1,51 @@
-"""422 replies that name the field: catalogue checks, model-level checks, storable numbers.
+"""422 replies that name the field: experiment bodies, storable numbers.
 
-Pydantic reports a model-level check (``min_train_clients: 9 exceeds ...``) at the model's own
-location; :func:`locate` moves it onto the field the message starts with, so the form can show
-it beside that field. Numbers the schema leaves unbounded are checked against what the database
-can hold (64-bit integers, finite floats) before anything is written.
+An experiment body goes through ``common.validate``, the CLI's path: the raw bytes are parsed
+here (so duplicate keys and syntax errors are caught with their line and column), then every
+problem becomes one FastAPI error whose ``loc`` is ``("body", *field)`` — what the form uses to
+show it beside its field. Numbers the event schema leaves unbounded are checked against what the
+database can hold (64-bit integers, finite floats) before anything is written.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
 
-from common.config import ExperimentConfig
-from common.devices import FleetError, load_catalogue, validate_fleet
+from common.config import ConfigError, ExperimentConfig, Problem
+from common.configfile import parse
 from common.events import Event
+from common.validate import check_experiment
 
-_FIELD = re.compile(r"^(?:Value error, )?([a-z_]+(?:\[\d+\])?(?:\.[a-z_]+(?:\[\d+\])?)*): ")
-_PART = re.compile(r"([a-z_]+)|\[(\d+)\]")
 INT64 = 2**63
 ECHO_DEPTH = 16
 TOO_DEEP = "(nested too deeply to echo)"
 
 
-def field_loc(path: str) -> tuple[str | int, ...]:
-    """``"fleet[0].device"`` -> ``("fleet", 0, "device")``."""
-    return tuple(int(index) if index else name for name, index in _PART.findall(path))
+def problem_error(problem: Problem) -> dict:
+    """A FastAPI error for ``problem``: ``compression.last_k`` at ``("body", "compression",
+    "last_k")``, ``fleet.0.device`` at ``("body", "fleet", 0, "device")``."""
+    field = tuple(int(part) if part.isdigit() else part
+                  for part in problem.field.split(".") if part)
+    return {"type": "value_error", "loc": ("body", *field), "msg": problem.reason,
+            "field": problem.field}
 
 
-def locate(error: dict) -> dict:
-    """Append the field a model-level message names to the error's location."""
-    match = _FIELD.match(str(error.get("msg", "")))
-    if error.get("type") != "value_error" or match is None:
-        return error
-    loc, field = tuple(error["loc"]), field_loc(match.group(1))
-    return error if loc[-len(field):] == field else {**error, "loc": (*loc, *field)}
+def _check_body(raw: bytes) -> ExperimentConfig:
+    return check_experiment(parse(raw, "body", "json"), source="body")
+
+
+async def checked_config(request: Request) -> ExperimentConfig:
+    """The request's JSON body as a checked experiment, or 422 with every problem."""
+    raw = await request.body()
+    try:
+        return await run_in_threadpool(_check_body, raw)  # may build a model (last_k)
+    except ConfigError as error:
+        raise RequestValidationError([problem_error(p) for p in error.problems]) from None
 
 
 def json_safe(value: Any, depth: int = ECHO_DEPTH) -> Any:
@@ -57,19 +66,6 @@ def json_safe(value: Any, depth: int = ECHO_DEPTH) -> Any:
 
 def _error(loc: tuple, msg: str, value: Any = None) -> dict:
     return {"type": "value_error", "loc": ("body", *loc), "msg": msg, "input": value}
-
-
-def invalid(loc: tuple, msg: str, value: Any = None) -> RequestValidationError:
-    return RequestValidationError([_error(loc, msg, value)])
-
-
-def checked_config(config: ExperimentConfig) -> ExperimentConfig:
-    """Schema-valid config whose fleet also names only catalogue devices."""
-    try:
-        validate_fleet(config, load_catalogue())
-    except FleetError as error:
-        raise invalid(field_loc(error.field), str(error)) from None
-    return config
 
 
 def storable_errors(value: Any, loc: tuple = ("body",), unsigned: frozenset = frozenset()

@@ -26,6 +26,8 @@ from server.dashboard.validation import checked_config
 
 router = APIRouter(prefix="/api/experiments", tags=["experiments"], responses=PROBLEMS)
 CheckedConfig = Annotated[ExperimentConfig, Depends(checked_config)]
+CONFIG_BODY = {"requestBody": {"required": True, "content": {"application/json": {  # documented:
+    "schema": {"$ref": "#/components/schemas/ExperimentConfig"}}}}}  # checked_config reads it
 Launch = Annotated[LaunchRequest | None, Body()]
 
 
@@ -43,14 +45,14 @@ async def list_experiments(
     return await cached_json(request, build)
 
 
-@router.post("", status_code=201, dependencies=Admin)
+@router.post("", status_code=201, dependencies=Admin, openapi_extra=CONFIG_BODY)
 def create_experiment(config: CheckedConfig, services: ServicesDep) -> ExperimentOut:
     experiment_id = services.runlog.create_experiment(config)
     with services.db.read() as session:
         return experiment_out(get_experiment(session, experiment_id))
 
 
-@router.post("/validate")
+@router.post("/validate", openapi_extra=CONFIG_BODY)
 def validate_experiment(config: CheckedConfig) -> ExperimentConfig:
     """Check a config without storing it: 200 with the config as it would run, or 422."""
     return config
