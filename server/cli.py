@@ -1,13 +1,14 @@
 """The ``edgefed`` command line (typer + rich).
 
     edgefed run CONFIG [--engine simulation|deployment] [--out DIR] [--run-id ID]
-                       [--report-url URL] [--report-token TOKEN]
+                       [--report-url URL] [--report-token TOKEN | $EDGEFED_REPORT_TOKEN]
     edgefed devices
     edgefed plan --device D --model M
     edgefed fleet up|down|status
     edgefed sweep SWEEP [--engine E] [--out DIR]
     edgefed demo
-    edgefed dashboard [--host H] [--port P] [--db URL] [--token T] [--launch FILE]
+    edgefed dashboard [--host H] [--port P] [--db URL] [--token T] [--data-dir DIR]
+                      [--max-runs N] [--launch FILE]
     edgefed compose [--fleet FLEET] [--out FILE] [--tls]
 
 A config file that is refused (unreadable, bad syntax, any wrong field) stops the command before
@@ -302,9 +303,17 @@ def dashboard(
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
     db: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default: SQLite file)")] = None,
-    token: Annotated[str | None, typer.Option(help="bearer token for mutating endpoints")] = None,
+    token: Annotated[str | None, typer.Option(help=(
+        "bearer token for mutating endpoints (prefer EDGEFED_DASHBOARD_TOKEN: argv is "
+        "world-readable)"))] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="folder of the SQLite database (unless --db) and the run folders "
+             "(default runs/dashboard)")] = None,
+    max_runs: Annotated[int | None, typer.Option(
+        help="runs executed at once (default 1; 0 pauses the queue)")] = None,
     launch: Annotated[list[Path] | None, typer.Option(
-        help="experiment YAML/JSON to create and launch at startup (repeatable)")] = None,
+        help="experiment YAML/JSON to launch at startup (repeatable; an experiment with the "
+             "same config is reused, and nothing starts while one of its runs is active)")] = None,
 ) -> None:
     """Serve the experiment dashboard (FastAPI) until interrupted."""
     from pydantic import ValidationError
@@ -313,7 +322,8 @@ def dashboard(
     from server.dashboard.settings import Settings
 
     try:
-        serve(host=host, port=port, db_url=db, token=token, launch=launch or ())
+        serve(host=host, port=port, db_url=db, token=token, launch=launch or (),
+              data_dir=data_dir, max_concurrent_runs=max_runs)
     except ConfigError as error:  # a --launch file
         raise refuse(error) from None
     except ValidationError as error:  # the flags and EDGEFED_DASHBOARD_* variables

@@ -368,3 +368,13 @@ def test_a_run_that_cannot_start_fails_and_the_queue_goes_on(tmp_path):
                            ["status"] == "failed" and r, 30, "the run to fail")
             assert "runner error" in run["message"] and "no-such-edgefed" in run["message"]
         assert c.get("/api/info").status_code == 200
+
+
+def test_experiment_ids_are_never_reused_after_a_delete(tmp_path):
+    with make_client(tmp_path) as c:
+        first, last = create(c)["id"], create(c)["id"]
+        assert c.delete(f"/api/experiments/{last}").status_code == 204
+        assert create(c)["id"] == last + 1
+    with make_client(tmp_path) as c:  # nor after a restart
+        assert c.delete(f"/api/experiments/{last + 1}").status_code == 204
+        assert create(c)["id"] == last + 2 and first < last

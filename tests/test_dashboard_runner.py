@@ -91,11 +91,15 @@ def test_the_run_token_is_in_its_environment_never_in_argv(server):
 
 
 def test_launch_file_at_startup_reuses_its_experiment(tmp_path):
+    """As ``make run`` does it: ``edgefed dashboard --launch FILE``, twice (its --data-dir holds
+    the database and the run folders)."""
     config = tmp_path / "ok-startup.json"
     config.write_text(json.dumps(tiny_config(name="ok-startup")))
-    probe = DashboardProcess(tmp_path)
+    data = tmp_path / "data"
+    probe = DashboardProcess(data)
     for restart in (1, 2):
-        with DashboardProcess(tmp_path, "--launch", str(config), env=probe.fake_runs()) as server:
+        with DashboardProcess(data, "--launch", str(config), env=probe.fake_runs(),
+                              cli=True) as server:
             experiments = httpx.get(f"{server.url}/api/experiments").json()
             assert [e["name"] for e in experiments] == ["ok-startup"]
             runs = httpx.get(f"{server.url}/api/runs").json()
@@ -103,6 +107,8 @@ def test_launch_file_at_startup_reuses_its_experiment(tmp_path):
                 experiments[0]["id"]}
             assert wait_for(lambda s=server, r=runs[0]["id"]: ended(s, r), 60,
                             "the run")["run"]["status"] == "finished"
+            assert (data / "runs" / runs[0]["id"] / "out").is_dir()
+    assert (data / "dashboard.db").is_file()
 
 
 @pytest.mark.parametrize(("args", "message"), [
