@@ -272,22 +272,29 @@ def test_export_one_run_and_all(client):
     assert "format" in field_errors(client.get("/api/export", params={"format": "xml"}))
 
 
-def test_compare_marks_the_pareto_front(client):
+def test_compare_marks_the_pareto_front_of_finished_runs(client):
     runs = {}
-    for name, peak, accuracy in [("small", 1_000, 0.6), ("big", 9_000, 0.8),
-                                 ("worse", 5_000, 0.5)]:
+    for name, peak, accuracy, end in [("small", 1_000, 0.6, "finished"),
+                                      ("big", 9_000, 0.8, "finished"),
+                                      ("worse", 5_000, 0.5, "finished"),
+                                      ("broken", 500, 0.9, "failed")]:
         run_id, headers = attach(client, create(client, name=name)["id"])
         post(client, run_id, headers, client_event(run_id, 1, 0, peak_bytes=peak))
         post(client, run_id, headers, client_event(run_id, 1, 1, status="oom"))
         post(client, run_id, headers, {"run_id": run_id, "round": {
             "round": 1, "accuracy": accuracy, "loss": 1.0}})
+        post(client, run_id, headers, {"run_id": run_id, "state": {"status": end}})
         runs[name] = run_id
     body = client.get("/api/compare", params={"run": list(runs.values())}).json()
     front = {r["experiment_name"]: r["pareto"] for r in body["runs"]}
-    assert front == {"small": True, "big": True, "worse": False}
+    assert front == {"small": True, "big": True, "worse": False, "broken": False}
     worse = next(r for r in body["runs"] if r["experiment_name"] == "worse")
     assert worse["num_oom"] == 1 and worse["peak_bytes_mean"] == 5000
-    assert len(client.get("/api/compare").json()["runs"]) == 3
+    every = client.get("/api/compare", params={"run": list(runs.values()),
+                                               "finished_only": "false"}).json()
+    front = {r["experiment_name"]: r["pareto"] for r in every["runs"]}
+    assert front == {"small": False, "big": False, "worse": False, "broken": True}
+    assert len(client.get("/api/compare").json()["runs"]) == 4
     assert client.get("/api/compare", params={"run": "missing"}).status_code == 404
 
 

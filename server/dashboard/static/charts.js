@@ -110,9 +110,13 @@ export function budgetBars(container, items, opts = {}) {
       svg.append(titled(s("rect", { x: x(i) - w / 2, y: y(it.value), width: w,
         height: height - M.bottom - y(it.value), fill: it.color, class: "bar" }), it.title));
     }
-    if (!(it.value > 0) && it.missing) {
-      svg.append(titled(s("text", { x: x(i), y: height - M.bottom - 4, "text-anchor": "middle",
-        fill: it.color, class: "missing" }, it.missing), it.title));
+    if (!(it.value > 0) && it.missing) {  // OOM, DROPPED...: upright, or a mark when narrow
+      const bottom = height - M.bottom - 4;
+      svg.append(titled(band >= 13
+        ? s("text", { x: x(i) + 4, y: bottom, transform: `rotate(-90 ${x(i) + 4} ${bottom})`,
+          fill: it.color, class: "missing" }, it.missing)
+        : s("rect", { x: x(i) - w / 2, y: bottom - 8, width: w, height: 8, fill: it.color,
+          class: "missing" }), it.title));
     }
     if (it.budget > 0) {
       svg.append(titled(s("line", { x1: x(i) - w / 2 - 2, x2: x(i) + w / 2 + 2, y1: y(it.budget),
@@ -197,12 +201,19 @@ export function scatter(container, points, opts = {}) {
       fill: "none", stroke: "#d92d20", "stroke-width": 1.5, "stroke-dasharray": "5 3",
       class: "front" }));
   }
+  const placed = [];  // label boxes drawn so far: a label moves down until it overlaps none
   for (const p of points) {
     svg.append(titled(s("circle", { cx: x(p.x), cy: y(p.y), r: p.front ? 6 : 4.5,
       fill: p.color || "#2f6fdf", stroke: p.front ? "#d92d20" : "none", "stroke-width": 2,
       class: "point" }), p.title));
     const right = x(p.x) > width / 2;
-    svg.append(s("text", { x: x(p.x) + (right ? -8 : 8), y: y(p.y) - 8,
-      "text-anchor": right ? "end" : "start" }, p.label));
+    const w = 6.6 * String(p.label).length; const h = 14;
+    const left = right ? x(p.x) - 8 - w : x(p.x) + 8;
+    let top = y(p.y) - 8 - h + 3;
+    while (placed.some((b) => left < b.left + b.w && b.left < left + w && top < b.top + h
+      && b.top < top + h)) top += h;
+    placed.push({ left, top, w });
+    svg.append(s("text", { x: x(p.x) + (right ? -8 : 8), y: top + h - 3,
+      "text-anchor": right ? "end" : "start", class: "label" }, p.label));
   }
 }
