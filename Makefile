@@ -9,7 +9,7 @@ PIP     := $(BIN)/pip install -c constraints.txt
 # OpenMP's default busy-waiting makes small LAPACK calls 5-10x slower on shared cores.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: run test install lint bench compose-test clean
+.PHONY: run test fuzz install lint bench compose-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
+
+# The dashboard API walked by schemathesis' stateful phase along the OpenAPI links (minutes).
+fuzz: install
+	$(BIN)/pytest -q -m fuzz tests/test_schemathesis.py
 
 lint: install
 	$(BIN)/ruff check .

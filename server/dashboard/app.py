@@ -23,6 +23,7 @@ from server.dashboard.cache import ResponseCache
 from server.dashboard.db import Database
 from server.dashboard.deps import Services
 from server.dashboard.models import Experiment
+from server.dashboard.openapi import openapi_schema
 from server.dashboard.runner import QueueFull, Runner
 from server.dashboard.security import RequestGuard
 from server.dashboard.settings import Settings, is_loopback
@@ -109,10 +110,12 @@ def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
 
     app = FastAPI(  # no /docs, /redoc: FastAPI serves their scripts from a CDN
         title="edgefed dashboard", lifespan=lifespan, docs_url=None, redoc_url=None,
+        generate_unique_id_function=lambda route: route.name,  # operation ids: function names
         description="Configure, launch, watch and compare federated fine-tuning experiments "
         "on memory-capped edge devices.",
     )
     app.state.services = services
+    app.openapi = lambda: openapi_schema(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
