@@ -35,6 +35,17 @@ def tiny_config(**overrides: Any) -> dict:
     return {**config, **overrides}
 
 
+CREATE_TIMEOUT_S = 60  # creating an experiment builds its model (the last_k check): slow when busy
+
+
+def create_experiment(url: str, config: dict, headers: dict | None = None) -> dict:
+    """POST an experiment to the dashboard at ``url``; its answer (201 asserted)."""
+    response = httpx.post(f"{url}/api/experiments", json=config, headers=headers,
+                          timeout=CREATE_TIMEOUT_S)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,12 +15,12 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from tests.dashboard_support import REPO, DashboardProcess, wait_for
+from tests.dashboard_support import REPO, DashboardProcess, create_experiment, wait_for
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 OUTPUT = REPO / "test-output"
-API_TIMEOUT_S = 60  # creating an experiment builds its model to check last_k: slow when busy
+API_TIMEOUT_S = 60  # a shared, busy machine can answer slowly
 RUN_TIMEOUT_S = 480  # the real run: Flower + Ray start-up dominates on 2 shared cores
 
 pytestmark = [
@@ -122,8 +122,7 @@ def test_run_page_follows_events_live(browser, tmp_path):
     wait = WebDriverWait(browser, 30)
     with DashboardProcess(tmp_path, "--max-runs", "0") as server:
         config = {"name": "live", "fleet": [{"device": "rpi5", "count": 4}], "rounds": 3}
-        experiment = httpx.post(f"{server.url}/api/experiments", json=config,
-                                timeout=API_TIMEOUT_S).json()
+        experiment = create_experiment(server.url, config)
         attached = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/attach").json()
         run_id = attached["run"]["id"]
         headers = {"Authorization": f"Bearer {attached['report_token']}"}
@@ -190,8 +189,7 @@ def test_a_refused_launch_or_delete_shows_why(browser, tmp_path):
     env = {"EDGEFED_DASHBOARD_TOKEN": "sesame"}
     with DashboardProcess(tmp_path, "--max-runs", "0", env=env) as server:
         config = {"name": "guarded", "fleet": [{"device": "rpi5", "count": 2}]}
-        experiment = httpx.post(f"{server.url}/api/experiments", json=config,
-                                headers=admin, timeout=API_TIMEOUT_S).json()
+        experiment = create_experiment(server.url, config, admin)
         browser.get(server.url)
         row = f"tr[data-experiment='{experiment['id']}']"
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
@@ -211,8 +209,7 @@ def test_compare_labels_every_run_apart_and_fronts_finished_runs(browser, tmp_pa
     wait = WebDriverWait(browser, 30)
     with DashboardProcess(tmp_path, "--max-runs", "0") as server:
         config = {"name": "same", "fleet": [{"device": "rpi5", "count": 2}], "rounds": 1}
-        experiment = httpx.post(f"{server.url}/api/experiments", json=config,
-                                timeout=API_TIMEOUT_S).json()
+        experiment = create_experiment(server.url, config)
         run_ids = []
         for end in ("finished", "finished", "finished", "interrupted"):
             run_id, headers = attached_run(server.url, experiment["id"])
@@ -247,8 +244,7 @@ def test_memory_chart_client_marks_stay_apart(browser, tmp_path, clients):
     with DashboardProcess(tmp_path, "--max-runs", "0") as server:
         config = {"name": "many", "fleet": [{"device": "rpi5", "count": clients}],
                   "rounds": 1, "min_train_clients": 2}
-        experiment = httpx.post(f"{server.url}/api/experiments", json=config,
-                                timeout=API_TIMEOUT_S).json()
+        experiment = create_experiment(server.url, config)
         assert "id" in experiment, experiment
         run_id, headers = attached_run(server.url, experiment["id"])
         for p in range(clients):

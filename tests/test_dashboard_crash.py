@@ -16,7 +16,13 @@ import pytest
 
 from common.events import Event
 from server.dashboard.store import digest
-from tests.dashboard_support import DashboardProcess, alive, tiny_config, wait_for
+from tests.dashboard_support import (
+    DashboardProcess,
+    alive,
+    create_experiment,
+    tiny_config,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +30,7 @@ pytestmark = pytest.mark.e2e
 def test_kill_9_loses_nothing_acknowledged(tmp_path):
     db = f"sqlite:///{tmp_path / 'crash.db'}"
     with DashboardProcess(tmp_path, "--db", db) as server:
-        experiment = httpx.post(f"{server.url}/api/experiments", json=tiny_config()).json()
+        experiment = create_experiment(server.url, tiny_config())
         attached = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/attach").json()
         run_id = attached["run"]["id"]
         done = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/attach").json()
@@ -58,7 +64,7 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path):
 
 
 def launch(server: DashboardProcess, **config: object) -> str:
-    experiment = httpx.post(f"{server.url}/api/experiments", json=tiny_config(**config)).json()
+    experiment = create_experiment(server.url, tiny_config(**config))
     return httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch").json()["id"]
 
 
@@ -114,8 +120,8 @@ def test_restart_re_attaches_to_a_live_run_and_interrupts_a_gone_one(tmp_path):
     with DashboardProcess(tmp_path, "--max-runs", "2", env=env) as server:
         live = launch(server, name="slow-live")
         gone = launch(server, name="slow-gone")
-        for run_id in (live, gone):
-            wait_for(lambda r=run_id: run_of(server, r)["run"]["status"] == "running", 30,
+        for run_id in (live, gone):  # their own first report is in: they run on from here
+            wait_for(lambda r=run_id: run_of(server, r)["run"]["message"] == "stand-in", 60,
                      "the runs to start")
         queued = launch(server, name="ok-queued")
         server.kill9()

@@ -16,13 +16,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.dashboard_support import REPO, DashboardProcess, alive, tiny_config, wait_for
+from tests.dashboard_support import (
+    REPO,
+    DashboardProcess,
+    alive,
+    create_experiment,
+    tiny_config,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
 
 def launch(server: DashboardProcess, name: str) -> str:
-    experiment = httpx.post(f"{server.url}/api/experiments", json=tiny_config(name=name)).json()
+    experiment = create_experiment(server.url, tiny_config(name=name))
     response = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch")
     assert response.status_code == 202, response.text
     return response.json()["id"]

@@ -157,20 +157,31 @@ class Runner:
             worker.start()
 
     @contextlib.contextmanager
-    def place(self) -> Iterator[None]:
-        """A place in the queue for a run created and submitted inside the block; raises
-        :class:`QueueFull` when ``max_queued_runs`` runs wait already (places promised to
-        concurrent callers count, so the bound holds under any concurrency)."""
+    def place(self) -> Iterator[Callable[[str, str], None]]:
+        """A place in the queue, promised until the block calls the ``submit(run_id, token)``
+        it is given (or ends); raises :class:`QueueFull` when ``max_queued_runs`` runs wait
+        already. Promised places count, so the bound holds under any concurrency."""
         with self._cond:
             if len(self._queue) + self._reserved >= self.settings.max_queued_runs:
                 raise QueueFull(f"the launch queue is full ({self.settings.max_queued_runs} "
                                 "runs waiting); try again later")
             self._reserved += 1
-        try:
-            yield
-        finally:
+        promised = True
+
+        def submit(run_id: str, token: str) -> None:
+            nonlocal promised
             with self._cond:
                 self._reserved -= 1
+                promised = False
+                self._queue.append((run_id, token))
+                self._cond.notify()
+
+        try:
+            yield submit
+        finally:
+            if promised:
+                with self._cond:
+                    self._reserved -= 1
 
     def submit(self, run_id: str, token: str) -> None:
         with self._cond:

@@ -82,9 +82,9 @@ def _new_run(experiment_id: int, services: Services, request: LaunchRequest | No
     if external:
         run_id, token = services.runlog.create_run(experiment_id, engine, external=True)
     else:
-        with services.runner.place():
+        with services.runner.place() as submit:
             run_id, token = services.runlog.create_run(experiment_id, engine, external=False)
-            services.runner.submit(run_id, token)
+            submit(run_id, token)
     with services.db.read() as session:
         return RunOut.model_validate(get_run(session, run_id)), token
 
