@@ -18,25 +18,20 @@ from __future__ import annotations
 import time
 
 import torch
-from flwr.app import ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 from torch.utils.data import DataLoader
 
-from client import replies
 from client.planner import Planner
-from client.task import (
-    Node,
-    client_dataset,
-    experiment,
-        resolve_node,
-    settings_of,
-    trainable_sgd,
-)
+from client.task import Node, client_dataset, resolve_node, trainable_sgd
+from common import wire
 from common.compression import layer_ranks, wrap_last_layers
 from common.config import ExperimentConfig
 from common.devices import load_catalogue
-from common.memory import OutOfBudget, StepProbe
+from common.memory import MemoryReport, OutOfBudget, StepProbe, cgroup_memory
+from common.record import ClientRecord
+from common.runconfig import experiment, settings_of
 from common.train import evaluate as evaluate_model
 from common.train import initial_model
 from common.train import train as train_model
@@ -64,7 +59,7 @@ def _setup(msg: Message, context: Context) -> tuple[ExperimentConfig, Node, int]
 def _dropped(msg: Message, node: Node, server_round: int) -> Message:
     reason = (f"dropped: {node.device.name} offline in round {server_round} "
               f"(availability {node.device.availability:.2f})")
-    return Message(Error(replies.DROPPED, reason), reply_to=msg)
+    return Message(Error(wire.DROPPED, reason), reply_to=msg)
 
 
 def _global_model(config: ExperimentConfig, msg: Message) -> nn.Module:
@@ -83,9 +78,8 @@ def identify(msg: Message, context: Context) -> Message:
     settings = settings_of(context.run_config)
     config = experiment(settings.config_json)
     node = resolve_node(config, dict(context.node_config), load_catalogue(settings.devices))
-    record = replies.identity_record(node.partition_id, node.device.name,
-                                     node.device.budget_bytes)
-    return Message(RecordDict({"identity": record}), reply_to=msg)
+    record = wire.identity(node.partition_id, node.device.name, node.device.budget_bytes)
+    return Message(RecordDict({"identity": ConfigRecord(record)}), reply_to=msg)
 
 
 @app.train()
@@ -107,7 +101,7 @@ def train(msg: Message, context: Context) -> Message:
             model = _global_model(config, msg)
         plan = planner.plan(node.device, model, probe_batch, node.policy, verify=False)
         if not plan.fits:
-            return Message(Error(replies.OOM, plan.reason), reply_to=msg)
+            return Message(Error(wire.OOM, plan.reason), reply_to=msg)
         chosen = plan.chosen
         wrapped = wrap_last_layers(model, chosen.method, chosen.last_k, **chosen.wrap_kwargs())
         loader = DataLoader(data, batch_size=chosen.batch_size, shuffle=True,
@@ -121,42 +115,55 @@ def train(msg: Message, context: Context) -> Message:
         except OutOfBudget as oom:
             planner.record(chosen, oom.report.training_bytes)
             if node.policy == "fixed" or attempt == MAX_PLANS - 1:
-                return Message(Error(replies.OOM, str(oom)), reply_to=msg)
+                return Message(Error(wire.OOM, str(oom)), reply_to=msg)
     report = stats.first_step
     planner.record(chosen, report.training_bytes)
     model_bytes = _model_bytes(model)
     sim_time = node.device.device_seconds(probe.flops * stats.steps, model_bytes, model_bytes)
-    metrics = MetricRecord({
-        "num-examples": stats.examples,
-        "train-loss": stats.loss,
-        "accuracy": stats.accuracy,  # local: over the examples trained on
-        "activation-bytes": report.activation_bytes,
-        "compressed-bytes": report.compressed_bytes,
-        "peak-bytes": report.peak_forward_bytes,
-        "total-bytes": report.total_bytes,
-        "budget-bytes": node.device.budget_bytes,
-        "last-k": chosen.last_k,
-        "eps": chosen.eps if chosen.eps is not None else -1.0,
-        "batch-size": chosen.batch_size,
-        "wall-s": time.perf_counter() - started,
-        "sim-time-s": sim_time,
-    })
-    content = RecordDict({
-        "arrays": ArrayRecord(wrapped.state_dict()),  # wrapping keeps the state-dict keys
-        "metrics": metrics,
-        "plan": replies.plan_record(node.device.name, chosen.method, layer_ranks(wrapped)),
-    })
-    return Message(content, reply_to=msg)
+    peak, limit = cgroup_memory() if _deployed(context) else (None, None)
+    record = ClientRecord(
+        round=server_round, phase="train", node_id=context.node_id,
+        partition_id=node.partition_id, device=node.device.name, status="ok",
+        num_examples=stats.examples, train_loss=stats.loss,
+        accuracy=stats.accuracy,  # local: over the examples trained on
+        budget_bytes=node.device.budget_bytes, **_measured(report),
+        rss_peak_bytes=peak, memory_limit_bytes=limit,
+        method=chosen.method, last_k=chosen.last_k, eps=chosen.eps,
+        ranks=layer_ranks(wrapped), batch_size=chosen.batch_size,
+        wall_s=time.perf_counter() - started, sim_time_s=sim_time,
+    )
+    # wrapping keeps the state-dict keys
+    return _reply(msg, record, arrays=ArrayRecord(wrapped.state_dict()))
+
+
+def _deployed(context: Context) -> bool:
+    """A node of a deployment fleet (its node-config names its device): a process of its own,
+    whose cgroup (compose container, ``edgefed`` node group) holds this ClientApp alone."""
+    return "device" in context.node_config
+
+
+def _measured(report: MemoryReport) -> dict[str, int]:
+    """The record's fields that the measured first step reports (its memory account)."""
+    return {name: value for name, value in report.model_dump(exclude={"batch_size"}).items()
+            if name in ClientRecord.model_fields}
+
+
+def _reply(msg: Message, record: ClientRecord, **content: ArrayRecord) -> Message:
+    metrics, fields = wire.encode(record)
+    return Message(RecordDict({**content, "metrics": MetricRecord(metrics),
+                               "record": ConfigRecord(fields)}), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Accuracy and loss of the global model on this node's local data."""
+    """Accuracy of the global model on this node's local data, as an evaluate record."""
     config, node, server_round = _setup(msg, context)
     if not node.available(config, server_round):
         return _dropped(msg, node, server_round)
     model = _global_model(config, msg)
     data = client_dataset(config, node.partition_id, node.num_partitions)
-    loss, accuracy = evaluate_model(model, DataLoader(data, batch_size=config.batch_size))
-    metrics = MetricRecord({"num-examples": len(data), "loss": loss, "accuracy": accuracy})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    _, accuracy = evaluate_model(model, DataLoader(data, batch_size=config.batch_size))
+    return _reply(msg, ClientRecord(
+        round=server_round, phase="evaluate", node_id=context.node_id,
+        partition_id=node.partition_id, device=node.device.name, status="ok",
+        num_examples=len(data), accuracy=accuracy))

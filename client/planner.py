@@ -9,7 +9,8 @@ Every candidate is MEASURED, never estimated: the model is copied, wrapped with
 Policies:
 - ``fixed``: exactly the experiment's (method, last_k, eps, batch); it fits or it does not.
 - ``fit``: the most capable candidate that fits, searching more layers and higher eps first,
-  then smaller batches, then cheaper methods (:func:`candidates` gives the order). A candidate
+  then smaller batches, then the cheaper methods of the method's registry entry
+  (:func:`candidates` gives the order). A candidate
   whose gradients and optimizer state alone, 2 * 4 bytes per trainable parameter for SGD with
   momentum, exceed the budget is skipped without a measurement. The chosen candidate is measured
   again, uncached, on the caller's probe batch, so what ``fit`` returns is what the client's own
@@ -29,41 +30,37 @@ from torch import nn
 
 from client.task import trainable_sgd
 from common.compression import wrap_last_layers
+from common.compression.registry import method_spec
 from common.config import ExperimentConfig, Method, Policy
 from common.devices import DeviceProfile
 from common.memory import measure
 
-# cheaper methods to fall back to, in order, after the experiment's own method
-CHEAPER: dict[str, tuple[str, ...]] = {
-    "vanilla": ("gradfilter", "svd", "hosvd"),
-    "gradfilter": ("svd", "hosvd"),
-    "svd": ("hosvd",),
-    "hosvd": (),
-    "asi": (),
-}
 EPS_LADDER = (0.99, 0.9, 0.8, 0.7, 0.6, 0.5)
-EPS_METHODS = ("svd", "hosvd", "asi")
 MOMENTUM_SLOTS = 2  # gradient + momentum buffer per trainable parameter
+Params = tuple[tuple[str, float | int], ...]
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One fine-tuning configuration: compression method and its parameters, batch size."""
+    """One fine-tuning configuration: compression method, its parameters (those its registry
+    entry takes, as (name, value) pairs in the entry's order), batch size."""
 
     method: Method
     last_k: int
     batch_size: int
-    eps: float | None = None
-    rank: int | None = None
-    radius: int | None = None
+    params: Params = ()
+
+    @property
+    def eps(self) -> float | None:
+        """The explained-variance threshold, None where the method has none (or a fixed rank)."""
+        return dict(self.params).get("eps")
 
     def wrap_kwargs(self) -> dict[str, float | int]:
         """Keyword arguments of ``wrap_last_layers`` for this candidate."""
-        kwargs = {"eps": self.eps, "rank": self.rank, "radius": self.radius}
-        return {k: v for k, v in kwargs.items() if v is not None}
+        return dict(self.params)
 
     def describe(self) -> str:
-        extra = "".join(f" {k}={v}" for k, v in self.wrap_kwargs().items())
+        extra = "".join(f" {k}={v}" for k, v in self.params)
         return f"{self.method} last_k={self.last_k}{extra} batch={self.batch_size}"
 
 
@@ -105,43 +102,37 @@ def _batches(batch_size: int) -> list[int]:
     return sizes
 
 
-def _eps_values(config: ExperimentConfig, method: str) -> list[float | None]:
-    """The experiment's eps, then the lower rungs of the ladder; [None] where ranks are fixed
-    or the method has no eps."""
-    comp = config.compression
-    if method not in EPS_METHODS or (comp.rank and method in ("hosvd", "asi")):
+def _candidate(config: ExperimentConfig, method: Method, last_k: int, batch: int,
+               eps: float | None = None) -> Candidate:
+    """A candidate with the experiment's settings of the parameters ``method`` takes (see
+    ``MethodSpec.choose``), ``eps`` (when given and taken) replacing the experiment's."""
+    values = config.compression.model_dump()
+    params = method_spec(method).choose({**values, "eps": eps or values["eps"]})
+    return Candidate(method, last_k, batch, tuple(params.items()))
+
+
+def _eps_values(config: ExperimentConfig, method: Method) -> list[float | None]:
+    """The experiment's eps, then the lower rungs of the ladder, where the method's candidate
+    takes an eps; [None] where it does not (no eps, or a fixed rank)."""
+    eps = config.compression.eps
+    if _candidate(config, method, 1, 1).eps is None:
         return [None]
-    return [comp.eps, *(e for e in EPS_LADDER if e < comp.eps)]
+    return [eps, *(e for e in EPS_LADDER if e < eps)]
 
 
 def own_candidate(config: ExperimentConfig, batch_size: int | None = None) -> Candidate:
     """The experiment's configuration as a candidate (what ``fixed`` runs)."""
     return _candidate(config, config.compression.method, config.compression.last_k,
-                      batch_size or config.batch_size, config.compression.eps)
-
-
-def _candidate(
-    config: ExperimentConfig, method: Method, last_k: int, batch: int, eps: float | None
-) -> Candidate:
-    """A candidate with the parameters ``method`` takes: eps (svd; hosvd/asi unless the
-    experiment fixes a rank), rank (hosvd/asi when fixed), radius (gradfilter)."""
-    rank = config.compression.rank if method in ("hosvd", "asi") else None
-    return Candidate(
-        method=method,
-        last_k=last_k,
-        batch_size=batch,
-        eps=eps if method in EPS_METHODS and rank is None else None,
-        rank=rank,
-        radius=config.compression.radius if method == "gradfilter" else None,
-    )
+                      batch_size or config.batch_size)
 
 
 def candidates(config: ExperimentConfig, max_batch: int | None = None) -> Iterator[Candidate]:
     """All ``fit`` candidates, most capable first: for each method (the experiment's, then
-    cheaper ones), for each batch (halving), for last_k descending, for eps descending."""
+    the cheaper ones its registry entry names), for each batch (halving), for last_k
+    descending, for eps descending."""
     comp = config.compression
     batch = min(config.batch_size, max_batch or config.batch_size)
-    for method in (comp.method, *CHEAPER[comp.method]):
+    for method in (comp.method, *method_spec(comp.method).cheaper):
         for b in _batches(batch):
             for last_k in range(comp.last_k, 0, -1):
                 for eps in _eps_values(config, method):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,44 +20,6 @@ from common.config import ExperimentConfig, Policy
 from common.data import load_rows, read_raw, setup_b_split, stored_partition, subsample
 from common.devices import Catalogue, DeviceProfile, assign_entries, load_catalogue
 from common.train import sgd
-from common.validate import load_config
-
-DEFAULT_EXPERIMENT = Path(__file__).resolve().parents[1] / "examples" / "quickstart.yaml"
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """The run-config of an edgefed Flower run (keys of ``[tool.flwr.app.config]``).
-
-    An empty ``config-json`` (a plain ``flwr run .``) means the quickstart experiment.
-    """
-
-    config_json: str
-    run_id: str
-    out_dir: str
-    report_url: str
-    report_token: str
-    devices: str | None
-
-
-def settings_of(run_config: dict) -> RunSettings:
-    config_json = str(run_config.get("config-json", ""))
-    if not config_json:
-        config_json = load_config(DEFAULT_EXPERIMENT).model_dump_json()
-    return RunSettings(
-        config_json=config_json,
-        run_id=str(run_config.get("run-id", "")) or "flwr",
-        out_dir=str(run_config.get("out-dir", "")) or "runs/flwr",
-        report_url=str(run_config.get("report-url", "")),
-        report_token=str(run_config.get("report-token", "")),
-        devices=str(run_config.get("devices", "")) or None,
-    )
-
-
-@lru_cache(maxsize=4)
-def experiment(config_json: str) -> ExperimentConfig:
-    """The experiment carried in the run-config (parsed once per process)."""
-    return ExperimentConfig.model_validate_json(config_json)
 
 
 def trainable_sgd(model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -127,12 +88,12 @@ def resolve_node(
     config: ExperimentConfig, node_config: dict, catalogue: Catalogue | None = None
 ) -> Node:
     """The node's identity: ``partition-id`` (and ``num-partitions``) from the node-config;
-    the device from node-config ``device`` (deployment) or else from the seeded assignment
-    of the experiment's fleet (simulation)."""
+    the device from node-config ``device`` (deployment) or else from the one assignment of
+    the experiment's fleet (``common.devices.assign_entries``; simulation)."""
     catalogue = catalogue or load_catalogue()
     partition_id = int(node_config["partition-id"])
     num_partitions = int(node_config.get("num-partitions", config.num_clients))
-    entries = assign_entries(config)
+    entries = assign_entries(config.fleet)
     entry = entries[partition_id % len(entries)]
     device = catalogue.profile(str(node_config.get("device", entry.device)))
     return Node(partition_id, num_partitions, device, config.policy_of(entry))

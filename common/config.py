@@ -14,11 +14,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-Method = Literal["vanilla", "svd", "hosvd", "asi", "gradfilter"]
+from common.compression.registry import DEFAULT_EPS, DEFAULT_RADIUS, METHODS, RADII, method_spec
+from common.datasets import SPECS
+
+Method = Literal[METHODS]  # the registry's names, in its order
 ModelName = Literal["mobilenetv2", "resnet18", "resnet34", "mcunet", "smallcnn"]
-DatasetName = Literal["fashion-mnist", "cifar10", "cifar100"]
+DatasetName = Literal[tuple(SPECS)]  # the data sets of common.datasets
 Partitioner = Literal["iid", "dirichlet", "pathological"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam"]
 Policy = Literal["fixed", "fit"]
@@ -26,7 +29,6 @@ Engine = Literal["simulation", "deployment"]
 
 MAX_CLIENTS = 2000
 MAX_ROUNDS = 500
-NUM_CLASSES = {"fashion-mnist": 10, "cifar10": 10, "cifar100": 100}
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\- ]+$")]
 DEFER_CROSS_CHECKS = "defer_cross_checks"  # validation-context key: see ExperimentConfig
 
@@ -62,15 +64,40 @@ class _Strict(BaseModel):
 
 
 class CompressionConfig(_Strict):
-    """How a client keeps activations for backward (see ``common.compression``)."""
+    """How a client keeps activations for backward (see ``common.compression.registry``).
+
+    The parameter fields are shared by the methods; each method uses those its registry entry
+    takes (:meth:`wrap_params`). ``rank`` has no default: given for a method that takes no
+    rank, it is an error rather than ignored.
+    """
 
     method: Method = "hosvd"
     last_k: int = Field(
         4, ge=1, le=64, description="number of trailing Conv2d/Linear layers fine-tuned"
     )
-    eps: float = Field(0.8, gt=0.0, le=1.0, description="explained-variance threshold (svd, hosvd)")
+    eps: float = Field(DEFAULT_EPS, gt=0.0, le=1.0,
+                       description="explained-variance threshold (svd, hosvd, asi)")
     rank: int | None = Field(None, ge=1, le=4096, description="fixed rank per mode (asi, hosvd)")
-    radius: Literal[2, 4, 7] = Field(2, description="patch radius R (gradfilter)")
+    radius: Literal[RADII] = Field(DEFAULT_RADIUS, description="patch radius R (gradfilter)")
+
+    @field_validator("rank")
+    @classmethod
+    def _rank_is_taken(cls, rank: int | None, info: ValidationInfo) -> int | None:
+        method = info.data.get("method")  # absent when the method itself was refused
+        if rank is not None and method is not None and not method_spec(method).takes("rank"):
+            takes = ", ".join(method_spec(method).param_names) or "nothing"
+            raise ValueError(f"method {method!r} takes no rank (it takes: {takes})")
+        return rank
+
+    def wrap_params(self) -> dict[str, float | int]:
+        """The ``wrap_last_layers`` keyword arguments of this setting: the parameters the
+        method takes (a ``rank`` replaces ``eps``)."""
+        return method_spec(self.method).choose(self.model_dump())
+
+    def tag(self) -> str:
+        """Short name: method, layers and its own parameters (``hosvd-k4-eps0.8``)."""
+        own = method_spec(self.method).tag(self.wrap_params())
+        return "-".join(part for part in (self.method, f"k{self.last_k}", own) if part)
 
 
 class FleetEntry(_Strict):
@@ -134,7 +161,7 @@ class ExperimentConfig(_Strict):
             found.append((Problem("min_train_clients", f"{self.min_train_clients} exceeds the "
                                   f"fleet's {self.num_clients} clients"),
                           ("min_train_clients", "fleet")))
-        num_classes = NUM_CLASSES[self.dataset]
+        num_classes = SPECS[self.dataset].num_classes
         if self.partitioner == "pathological" and self.classes_per_client > num_classes:
             found.append((Problem("classes_per_client", f"{self.classes_per_client} exceeds the "
                                   f"{num_classes} classes of {self.dataset}"),
@@ -170,19 +197,11 @@ class SweepConfig(_Strict):
         name = self.base.get("name", "sweep")
         return [
             (i, fleet_name, {
-                **self.base, "name": f"{name}-{_tag(method)}-{fleet_name}",
+                **self.base, "name": f"{name}-{method.tag()}-{fleet_name}",
                 "compression": method.model_dump(), "fleet": [e.model_dump() for e in fleet],
             })
             for i, method in enumerate(self.methods)
             for fleet_name, fleet in self.fleets.items()
         ]
 
-
-def _tag(c: CompressionConfig) -> str:
-    """Short name of a compression setting: method, layers and its own parameter."""
-    own = {"svd": f"eps{c.eps}", "hosvd": f"eps{c.eps}", "asi": f"eps{c.eps}",
-           "gradfilter": f"r{c.radius}"}.get(c.method, "")
-    if c.rank is not None and c.method in ("hosvd", "asi"):
-        own = f"rank{c.rank}"
-    return "-".join(part for part in (c.method, f"k{c.last_k}", own) if part)
 

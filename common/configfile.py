@@ -3,7 +3,8 @@ the source and its ``line:column``.
 
 YAML is read with plain tags only (``!!python/object`` and friends are refused, like
 ``yaml.safe_load``) and a key given twice in one mapping is an error (PyYAML would silently keep
-the last value); JSON likewise refuses duplicate keys. Text must be UTF-8 (a BOM is allowed).
+the last value); JSON likewise refuses duplicate keys, named at their value's line and column.
+Text must be UTF-8 (a BOM is allowed).
 Nothing here checks fields: that is :mod:`common.validate`'s job.
 """
 
@@ -78,25 +79,58 @@ def _yaml(text: str, source: str) -> object:
     return data
 
 
+class _Decoder(json.JSONDecoder):
+    """``json.JSONDecoder`` that records every key repeated within one object, as ``(index of
+    its value, message)``. Python's scanner (not the C one) so that objects can be observed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.duplicates: list[tuple[int, str]] = []
+        self.text = ""
+        self.parse_object = self._object
+        self.scan_once = json.scanner.py_make_scanner(self)
+
+    def decode(self, s: str, *args: Any, **kwargs: Any) -> object:
+        self.text = s
+        return super().decode(s, *args, **kwargs)
+
+    def _object(self, s_and_end: tuple[str, int], strict: bool, scan_once: Any, _hook: Any,
+                _pairs_hook: Any, memo: dict | None = None) -> tuple[dict, int]:
+        starts: list[int] = []  # where each value of this object starts
+
+        def scan(s: str, index: int) -> tuple[Any, int]:
+            starts.append(index)
+            return scan_once(s, index)
+
+        pairs, end = json.decoder.JSONObject(s_and_end, strict, scan, None, list, memo)
+        first: dict[str, int] = {}
+        for (key, _), at in zip(pairs, starts, strict=True):
+            if key in first:
+                line = _position(self.text, first[key])[0]
+                self.duplicates.append((at, f"duplicate key {key!r} (first given at line {line})"))
+            first.setdefault(key, at)
+        return dict(pairs), end
+
+
 def _json(text: str, source: str) -> object:
-    duplicates: list[str] = []
+    repeated = False
 
     def mapping(pairs: list[tuple[str, Any]]) -> dict:
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                duplicates.append(f"{source}: duplicate key {key!r}")
-            seen.add(key)
+        nonlocal repeated
+        repeated = repeated or len({key for key, _ in pairs}) < len(pairs)
         return dict(pairs)
 
     try:
-        data = json.loads(text, object_pairs_hook=mapping)
+        data = json.loads(text, object_pairs_hook=mapping)  # the C scanner: fast
     except json.JSONDecodeError as error:
         raise _syntax(source, error.lineno, error.colno, error.msg) from None
     except RecursionError:
         raise _too_deep(source) from None
-    if duplicates:
-        raise ConfigError([Problem("", line) for line in duplicates], source)
+    if repeated:  # rare: parse again, slowly, to say where
+        decoder = _Decoder()
+        decoder.decode(text)
+        raise ConfigError([_syntax(source, *_position(text, at), what).problems[0]
+                           for at, what in sorted(decoder.duplicates)], source)
     return data
 
 

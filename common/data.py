@@ -8,9 +8,10 @@ other size is resized bilinearly (antialiased when shrinking). The conversion is
 :func:`load_dataset` bit for bit. Decoded uint8 arrays and finished full sets are cached per
 process, so 20 simulated clients share one copy.
 
-Sources, in order: the folder passed as ``root``; the system copy (Debian's
-``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``); the download cache
-``$EDGEFED_CACHE`` (default ``~/.cache/edgefed``), downloaded from the official URLs on first use.
+Files come from :mod:`common.fetch`: the folder passed as ``root``; the system copy
+(Debian's ``dataset-fashion-mnist`` in ``/usr/share/datasets/fashion-mnist``); the download
+cache ``$EDGEFED_CACHE`` (default ``~/.cache/edgefed``), downloaded over HTTPS and checked
+against pinned SHA-256s on first use.
 
 Partitions use flwr-datasets partitioners on a ``datasets.Dataset`` holding just the ``index``
 and ``label`` columns, and are mapped back to index arrays into the in-memory tensors. Setup B
@@ -21,18 +22,13 @@ to need a partition imports flwr-datasets (about 200 MiB with pandas, pyarrow an
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import json
 import logging
-import os
 import pickle
-import tarfile
 import tempfile
-import urllib.request
 import zipfile
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
@@ -42,7 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-CACHE_ENV = "EDGEFED_CACHE"
+from common.datasets import DatasetSpec, dataset_spec
+from common.fetch import cache_dir, locate
+
 MAX_TENSOR_BYTES = 8 * 2**30
 PAD_LIMIT = 4
 CHUNK = 4096
@@ -52,60 +50,9 @@ PARTITION_CACHE_VERSION = 1
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a model needs to know about a dataset, plus where its files come from."""
-
-    name: str
-    num_classes: int
-    channels: int
-    side: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    urls: tuple[str, ...]
-    system_root: str | None = None
-
-
-_FMNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-_FMNIST_FILES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-SPECS = {
-    "fashion-mnist": DatasetSpec(
-        "fashion-mnist", 10, 1, 28, (0.2860,), (0.3530,),
-        tuple(_FMNIST_URL + f for f in _FMNIST_FILES), "/usr/share/datasets/fashion-mnist",
-    ),
-    "cifar10": DatasetSpec(
-        "cifar10", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
-        ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
-    ),
-    "cifar100": DatasetSpec(
-        "cifar100", 100, 3, 32, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-        ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
-    ),
-}
-_CIFAR_FILES = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                b"labels"),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels"),
-}
+_CIFAR_LABEL_KEY = {"cifar10": b"labels", "cifar100": b"fine_labels"}
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-def cache_dir() -> Path:
-    """The download/checkpoint cache: ``$EDGEFED_CACHE`` or ``~/.cache/edgefed``."""
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "edgefed"))
-
-
-def dataset_spec(name: str) -> DatasetSpec:
-    """The spec of dataset ``name``; ``ValueError`` naming ``dataset`` if unknown."""
-    if name not in SPECS:
-        raise ValueError(f"dataset: unknown dataset {name!r}, expected one of {', '.join(SPECS)}")
-    return SPECS[name]
 
 
 # ---------------------------------------------------------------------------- file formats
@@ -125,29 +72,6 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
 
 
-def _idx_file(folder: Path, name: str) -> Path:
-    for candidate in (folder / name, folder / name.removesuffix(".gz")):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"root: {folder} has no {name} (nor its uncompressed form)")
-
-
-def find_files(spec: DatasetSpec, folder: Path) -> list[Path]:
-    """The dataset's files in ``folder``, train files first.
-
-    ``FileNotFoundError`` naming the folder and the first missing file.
-    """
-    if spec.name == "fashion-mnist":
-        return [_idx_file(folder, name) for name in _FMNIST_FILES]
-    subdir, train_files, test_files, _ = _CIFAR_FILES[spec.name]
-    base = folder / subdir if (folder / subdir).is_dir() else folder
-    paths = [base / name for name in train_files + test_files]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"root: {base} has no {path.name} (python pickle batch)")
-    return paths
-
-
 def _read_cifar_batches(paths: list[Path], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     images, labels = [], []
     for path in paths:
@@ -159,49 +83,16 @@ def _read_cifar_batches(paths: list[Path], label_key: bytes) -> tuple[np.ndarray
 
 
 def _read(spec: DatasetSpec, paths: list[Path]) -> Arrays:
+    """Decode the files :func:`common.fetch.locate` found, train files first: Fashion-MNIST's
+    four IDX files; CIFAR's pickle batches, of which the last is the test batch."""
     if spec.name == "fashion-mnist":
         train_x, train_y, test_x, test_y = (read_idx(path) for path in paths)
         return train_x[:, None], train_y, test_x[:, None], test_y
-    _, train_files, _, label_key = _CIFAR_FILES[spec.name]
-    split = len(train_files)
+    label_key = _CIFAR_LABEL_KEY[spec.name]
     return (
-        *_read_cifar_batches(paths[:split], label_key),
-        *_read_cifar_batches(paths[split:], label_key),
+        *_read_cifar_batches(paths[:-1], label_key),
+        *_read_cifar_batches(paths[-1:], label_key),
     )
-
-
-def _download(spec: DatasetSpec, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for url in spec.urls:
-        target = folder / url.rsplit("/", 1)[1]
-        partial = target.with_suffix(target.suffix + ".part")
-        try:
-            urllib.request.urlretrieve(url, partial)
-        except OSError as error:
-            partial.unlink(missing_ok=True)
-            raise RuntimeError(
-                f"dataset: could not download {spec.name} from {url} into {folder} ({error}); "
-                f"put the files there yourself or pass root=<folder with the files>"
-            ) from error
-        partial.rename(target)
-        if target.name.endswith(".tar.gz"):
-            with tarfile.open(target) as archive:
-                archive.extractall(folder, filter="data")
-
-
-def _locate(spec: DatasetSpec, root: str | None) -> list[Path]:
-    if root is not None:
-        folder = Path(root).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"root: {folder} is not a directory")
-        return find_files(spec, folder)
-    cache = cache_dir() / "data" / spec.name
-    system = Path(spec.system_root) if spec.system_root else None
-    for folder in filter(None, (system, cache)):
-        with contextlib.suppress(FileNotFoundError):
-            return find_files(spec, folder)
-    _download(spec, cache)
-    return find_files(spec, cache)
 
 
 @lru_cache(maxsize=4)
@@ -209,10 +100,11 @@ def read_raw(name: str, root: str | None = None) -> Arrays:
     """Decoded uint8 images ``(N, C, h, w)`` and int64 labels: train_x, train_y, test_x, test_y.
 
     ``root`` is used alone when given (``FileNotFoundError`` naming it if files are missing);
-    otherwise the system copy, then the cache, then a download into the cache.
+    otherwise the system copy, then the cache, then a verified download into the cache
+    (:func:`common.fetch.locate`; ``DatasetUnavailable`` saying what to install if it fails).
     """
     spec = dataset_spec(name)
-    train_x, train_y, test_x, test_y = _read(spec, _locate(spec, root))
+    train_x, train_y, test_x, test_y = _read(spec, locate(name, root))
     return train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64)
 
 

@@ -6,14 +6,19 @@ and what the simulated clock charges: one round on device ``d`` takes
 
     t = FLOPs / d.flops + 8 * bytes_down / d.downlink_bps + 8 * bytes_up / d.uplink_bps   seconds.
 
-Clients are given profiles deterministically: the experiment's fleet entries are expanded to one
-slot per device and shuffled with ``random.Random(seed)``; partition ``i`` gets slot ``i``.
+Partition ``i`` is slot ``i`` of :func:`assign_entries`: the fleet's entries expanded to one slot
+per device and shuffled with a fixed seed. It is the one assignment: simulation, the loopback
+deployment fleet, the compose generator and the ServerApp all use it. It depends on the fleet
+alone (not on the experiment's seed), so a compose file generated once serves experiments of any
+seed; the shuffle keeps device kinds from lining up with partition order (the pathological
+partitioner gives partition ``i`` class ``i mod C`` first).
 """
 
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Annotated
@@ -24,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from common.config import ExperimentConfig, FleetEntry
 
 CATALOGUE_ENV = "EDGEFED_DEVICES"
+ASSIGNMENT_SEED = 0  # the fixed seed of the partition -> device shuffle
 DEFAULT_CATALOGUE = Path(__file__).resolve().parents[1] / "deploy" / "devices.yaml"
 
 Bytes = Annotated[int, Field(gt=0)]
@@ -135,14 +141,15 @@ def validate_fleet(config: ExperimentConfig, catalogue: Catalogue) -> None:
         raise errors[0]
 
 
-def assign_entries(config: ExperimentConfig) -> list[FleetEntry]:
-    """Partition id -> fleet entry: entries expanded per device, shuffled by the seed."""
-    slots = [entry for entry in config.fleet for _ in range(entry.count)]
-    random.Random(config.seed).shuffle(slots)
+def assign_entries(fleet: Sequence[FleetEntry]) -> list[FleetEntry]:
+    """Partition id -> fleet entry: the entries expanded per device, shuffled with
+    ``random.Random(ASSIGNMENT_SEED)`` (see the module docstring)."""
+    slots = [entry for entry in fleet for _ in range(entry.count)]
+    random.Random(ASSIGNMENT_SEED).shuffle(slots)
     return slots
 
 
-def assign_devices(config: ExperimentConfig, catalogue: Catalogue) -> list[DeviceProfile]:
-    """Partition id -> device profile, deterministic from ``config.seed``."""
-    validate_fleet(config, catalogue)
-    return [catalogue.profiles[entry.device] for entry in assign_entries(config)]
+def assign_devices(fleet: Sequence[FleetEntry], catalogue: Catalogue) -> list[DeviceProfile]:
+    """Partition id -> device profile, by :func:`assign_entries` (``KeyError`` listing the
+    known profiles for a device the catalogue does not have)."""
+    return [catalogue.profile(entry.device) for entry in assign_entries(fleet)]

@@ -1,4 +1,5 @@
-"""Records a run emits: per-client results, per-round global metrics, run state changes.
+"""Records a run emits: per-client records (``common.record``), per-round global metrics, run
+state changes.
 
 The ServerApp appends each event as one JSON line to ``<out_dir>/events.jsonl`` and POSTs it to
 the dashboard's ingestion endpoint; the dashboard stores and streams the same records. One schema
@@ -12,40 +13,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ClientStatus = Literal["ok", "oom", "dropped", "error"]
-SECONDS_MAX = 1e12  # bound of times in seconds (charts and sums stay finite)
+from common.record import SECONDS_MAX, ClientRecord
+
 RunStatus = Literal["queued", "running", "finished", "failed", "cancelled", "interrupted"]
 
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ClientResult(_Record):
-    """What one client did in one round: measured, never estimated (bytes from common.memory)."""
-
-    round: int = Field(ge=0)
-    phase: Literal["train", "evaluate"] = "train"
-    node_id: int
-    partition_id: int = Field(ge=0)
-    device: str = Field(max_length=100)
-    status: ClientStatus
-    reason: str = Field("", max_length=2000)
-    num_examples: int = Field(0, ge=0)
-    train_loss: float | None = None
-    accuracy: float | None = Field(None, ge=0, le=1)
-    activation_bytes: int | None = Field(None, ge=0)
-    compressed_bytes: int | None = Field(None, ge=0)
-    peak_bytes: int | None = Field(None, ge=0)
-    total_bytes: int | None = Field(None, ge=0)
-    budget_bytes: int | None = Field(None, ge=0)
-    method: str | None = Field(None, max_length=20)
-    last_k: int | None = Field(None, ge=0)
-    eps: float | None = Field(None, ge=0, le=1)
-    ranks: list[list[int]] | None = None
-    batch_size: int | None = Field(None, ge=0)
-    wall_s: float | None = Field(None, ge=0, le=SECONDS_MAX)
-    sim_time_s: float | None = Field(None, ge=0, le=SECONDS_MAX)
 
 
 class RoundResult(_Record):
@@ -68,6 +42,6 @@ class Event(_Record):
 
     run_id: str = Field(max_length=64)
     ts: float = Field(default_factory=time.time, ge=0, le=SECONDS_MAX)
-    client: ClientResult | None = None
+    client: ClientRecord | None = None
     round: RoundResult | None = None
     state: RunState | None = None

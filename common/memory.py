@@ -15,12 +15,15 @@
 - ``optimizer_bytes``: the optimizer's state tensors after one step; without an optimizer, what
   SGD with momentum would hold (one buffer per trainable parameter).
 - ``peak_forward_bytes``: the largest number of bytes held at once during the forward (and loss)
-  by tensors the forward created, plus the input batch. Tracked with a ``TorchDispatchMode``:
+  by tensors the step created, plus the input batch. Tracked with a ``TorchDispatchMode``:
   each output storage of an aten op is added when first seen and subtracted when it is freed
   (``weakref.finalize`` on the storage). Views and in-place results share a storage and count
   once; parameters and buffers are excluded. It sees every tensor the ops allocate, not kernel
   scratch space (e.g. oneDNN workspaces), allocator caching or fragmentation: a lower bound of
   what the process's RSS grows by, exact at the tensor level.
+- ``peak_step_bytes``: the same, tracked on through the backward and the optimizer step: the
+  peak of the whole training step (kept activations, the backward's temporaries, gradients and
+  the optimizer state it allocates). Without an optimizer, the step ends after the backward.
 
 Derived: ``training_bytes = activation + grad + optimizer`` (what a device's training-memory
 budget must hold, the weights being stored anyway), ``transient_bytes = max(0, peak_forward -
@@ -30,6 +33,9 @@ training + transient``.
 ``measure`` leaves the model and optimizer as it found them: parameters, buffers (BatchNorm
 running statistics), gradients, optimizer state and the RNG state are restored afterwards.
 State a method keeps outside the state dict (e.g. ASI's warm-start factors) does advance.
+
+``cgroup_memory`` reads what the kernel accounts for the whole process instead: the peak and the
+limit of its memory cgroup (a deployment node's group, a compose container).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import copy
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, computed_field
@@ -65,6 +72,7 @@ class MemoryReport(BaseModel):
     grad_bytes: Bytes = Field(ge=0)
     optimizer_bytes: Bytes = Field(ge=0)
     peak_forward_bytes: Bytes = Field(ge=0)
+    peak_step_bytes: Bytes = Field(ge=0)
 
     @computed_field
     @property
@@ -209,11 +217,13 @@ class StepProbe:
         optimizer.step()
         report = probe.after_step(optimizer)
 
-    Gradients are counted after the backward, optimizer state after the step (without an
+    Live tensors are tracked from the forward's start to :meth:`after_step` (the step's peak),
+    gradients are counted after the backward, optimizer state after the step (without an
     optimizer: one SGD-momentum buffer per trainable parameter). With ``budget_bytes``,
     ``after_step`` raises :class:`OutOfBudget` when ``training_bytes`` exceed it, as a device
     would fail at its first step. With ``count_flops``, :attr:`flops` is the forward's and
-    backward's FLOPs (``torch.utils.flop_counter.FlopCounterMode``).
+    backward's FLOPs (``torch.utils.flop_counter.FlopCounterMode``). A step that fails midway
+    must be ended with :meth:`close`.
     """
 
     def __init__(self, model: nn.Module, budget_bytes: Bytes | None = None,
@@ -225,16 +235,20 @@ class StepProbe:
         self._exclude = _model_pointers(model)
         self._fields: dict[str, int] = {}
         self._counter = FlopCounterMode(display=False) if count_flops else None
+        self._live: LiveTensors | None = None
+        self._input_bytes = 0
 
     @contextmanager
     def forward(self, inputs: torch.Tensor) -> Iterator[None]:
-        """Wrap the forward and loss: saved tensors, forward peak and layer inputs (and FLOPs
-        from here until :meth:`after_backward`)."""
+        """Wrap the forward and loss: saved tensors, forward peak and layer inputs; live tensors
+        from here until :meth:`after_step`, FLOPs until :meth:`after_backward`."""
+        self._input_bytes = storage_bytes([inputs])
+        self._live = LiveTensors(self._exclude | {inputs.untyped_storage().data_ptr()})
+        self._live.__enter__()  # entered before the FLOP counter, left after it
         if self._counter is not None:
             self._counter.__enter__()
-        live = LiveTensors(self._exclude | {inputs.untyped_storage().data_ptr()})
         try:
-            with SavedTensors(self._exclude) as saved, live, _input_bytes(self.model) as seen:
+            with SavedTensors(self._exclude) as saved, _input_bytes(self.model) as seen:
                 yield
         except BaseException:
             self.close()
@@ -244,18 +258,30 @@ class StepProbe:
             activation_bytes=saved.nbytes,
             compressed_bytes=(wrapped_compressed_bytes(self.model)
                               if wrapped_layers(self.model) else sum(seen)),
-            peak_forward_bytes=live.peak + storage_bytes([inputs]),
+            peak_forward_bytes=self._live.peak + self._input_bytes,
         )
 
-    def close(self) -> None:
-        """Stop counting FLOPs if the step never reached :meth:`after_backward`."""
+    def _stop_counting_flops(self) -> None:
         if self._counter is not None:
             counter, self._counter = self._counter, None
             counter.__exit__(None, None, None)
             self.flops = counter.get_total_flops()
 
+    def _stop_tracking(self) -> int:
+        """Leave the live-tensor mode; the step's peak so far (0 if it never started)."""
+        live, self._live = self._live, None
+        if live is None:
+            return 0
+        live.__exit__(None, None, None)
+        return live.peak + self._input_bytes
+
+    def close(self) -> None:
+        """Stop counting FLOPs and tracking tensors if the step never reached its end."""
+        self._stop_counting_flops()
+        self._stop_tracking()
+
     def after_backward(self) -> None:
-        self.close()
+        self._stop_counting_flops()
         self._fields["grad_bytes"] = storage_bytes(
             p.grad for p in self.trainable if p.grad is not None)
 
@@ -264,6 +290,7 @@ class StepProbe:
         state = self.trainable if optimizer is None else _optimizer_state_tensors(optimizer)
         report = MemoryReport(
             **self._fields,
+            peak_step_bytes=self._stop_tracking(),
             optimizer_bytes=storage_bytes(state),
             param_bytes=storage_bytes(self.model.parameters()),
             trainable_param_bytes=storage_bytes(self.trainable),
@@ -307,21 +334,68 @@ def measure(
     """
     probe = StepProbe(model)
     with _restored(model, optimizer):
-        with probe.forward(inputs):
-            loss = loss_fn(model(inputs), targets)
-        if loss.requires_grad:
-            loss.backward()
-        del loss
-        probe.after_backward()
-        if optimizer is not None:
-            optimizer.step()
-        return probe.after_step(optimizer)
+        try:
+            with probe.forward(inputs):
+                loss = loss_fn(model(inputs), targets)
+            if loss.requires_grad:
+                loss.backward()
+            del loss
+            probe.after_backward()
+            if optimizer is not None:
+                optimizer.step()
+            return probe.after_step(optimizer)
+        finally:
+            probe.close()
 
 
 def fits(report: MemoryReport, budget_bytes: int) -> bool:
     """True when the step's ``training_bytes`` (activations + gradients + optimizer state)
     stay within the device's training-memory budget."""
     return report.training_bytes <= budget_bytes
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+UNLIMITED = 2**62  # a v1 limit this large is "no limit" (v1 writes 2**63 - 1, page-rounded)
+# (peak, limit) file names of the cgroup versions' memory controllers
+CGROUP_FILES = {1: ("memory.max_usage_in_bytes", "memory.limit_in_bytes"),
+                2: ("memory.peak", "memory.max")}
+
+
+def _read_bytes(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) < UNLIMITED else None
+
+
+def cgroup_memory(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = CGROUP_ROOT
+                  ) -> tuple[int | None, int | None]:
+    """(peak, limit) in bytes of this process's memory cgroup, as the kernel accounts it: v1
+    ``memory.max_usage_in_bytes`` / ``memory.limit_in_bytes`` under ``root/memory``, else v2
+    ``memory.peak`` / ``memory.max`` under ``root``. The group is the path
+    ``/proc/self/cgroup`` names, or the mount's root where that path is not visible (a
+    container sees its own group there). None for what is unreadable or unlimited."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None, None
+    groups = {}
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            groups[1] = (root / "memory", path)
+        elif controllers == "":
+            groups.setdefault(2, (root, path))
+    for version in (1, 2):
+        if version not in groups:
+            continue
+        base, path = groups[version]
+        peak_name, limit_name = CGROUP_FILES[version]
+        for folder in (base / path.lstrip("/"), base):
+            if (folder / limit_name).exists():  # (v2's memory.peak needs Linux 5.19)
+                return _read_bytes(folder / peak_name), _read_bytes(folder / limit_name)
+    return None, None
 
 
 def format_bytes(nbytes: float) -> str:

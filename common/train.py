@@ -13,15 +13,10 @@ w_global the weights at the start of the call unless given.
 the Setup-B split and caches the weights under ``<cache>/checkpoints/<hash>.pt``, keyed by
 everything that determines them. To stay well under two minutes on two CPU cores, it uses a
 seeded subsample of the server half (``PRETRAIN_SAMPLES``, part of the key).
-
-``run_centralized`` is Setup B without federation (the demo until the fleet runs): pretrain,
-fine-tune the last K layers with the experiment's method on the client half, and print
-accuracy before/after with the measured memory of that method and of vanilla backprop.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import math
@@ -33,16 +28,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import Progress, TextColumn
-from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from common.compression import layer_ranks, wrap_last_layers
-from common.config import CompressionConfig, ExperimentConfig
+from common.config import ExperimentConfig
 from common.data import cache_dir, dataset_spec, labels_of, load_dataset, setup_b_split, subsample
-from common.memory import MemoryReport, StepProbe, format_bytes, measure
+from common.memory import MemoryReport, StepProbe
 from common.models import build_model
 
 MOMENTUM = 0.9
@@ -281,110 +272,3 @@ def pretrain_setup_b(
     torch.save(model.state_dict(), partial)
     partial.replace(path)
     return model
-
-
-def wrap_params(compression: CompressionConfig) -> dict[str, float | int]:
-    """The ``wrap_last_layers`` keyword arguments a compression config asks for."""
-    if compression.method == "gradfilter":
-        return {"radius": compression.radius}
-    if compression.method == "vanilla":
-        return {}
-    if compression.rank is not None and compression.method in ("hosvd", "asi"):
-        return {"rank": compression.rank}
-    return {"eps": compression.eps}
-
-
-# ------------------------------------------------------------------ centralized demo
-
-
-@dataclass(frozen=True)
-class CentralizedResult:
-    """Setup B without federation: test accuracy before/after fine-tuning, and the measured
-    memory of one fine-tuning step with the experiment's method and with vanilla backprop."""
-
-    accuracy_before: float
-    accuracy_after: float
-    fine_tune: TrainResult
-    memory: MemoryReport
-    vanilla_memory: MemoryReport
-    ranks: list[list[int]]
-
-
-def _memory_table(result: CentralizedResult, method: str, last_k: int) -> Table:
-    table = Table(title=f"Setup B, last {last_k} layers: {method} vs vanilla (one step, measured)")
-    table.add_column("")
-    table.add_column(method, justify="right")
-    table.add_column("vanilla", justify="right")
-    table.add_row(
-        "test accuracy", f"{result.accuracy_before:.2%} -> {result.accuracy_after:.2%}", ""
-    )
-    for label, field in [
-        ("activations kept for backward", "activation_bytes"),
-        ("compressed bytes (paper's metric)", "compressed_bytes"),
-        ("gradients", "grad_bytes"),
-        ("optimizer state", "optimizer_bytes"),
-        ("training total (budget)", "training_bytes"),
-        ("forward peak", "peak_forward_bytes"),
-        ("total with weights", "total_bytes"),
-    ]:
-        table.add_row(
-            label,
-            format_bytes(getattr(result.memory, field)),
-            format_bytes(getattr(result.vanilla_memory, field)),
-        )
-    return table
-
-
-def _measure_step(
-    model: nn.Module, compression: CompressionConfig, method: str, batch: tuple
-) -> tuple[MemoryReport, list[list[int]]]:
-    params = wrap_params(compression) if method == compression.method else {}
-    wrapped = batchnorm_eval(wrap_last_layers(model, method, compression.last_k, **params))
-    report = measure(wrapped, *batch, nn.CrossEntropyLoss(), sgd(
-        [p for p in wrapped.parameters() if p.requires_grad], 0.0))
-    return report, layer_ranks(wrapped)
-
-
-def run_centralized(
-    config: ExperimentConfig,
-    finetune_samples: int | None = 2000,
-    test_samples: int | None = 2000,
-    console: Console | None = None,
-) -> CentralizedResult:
-    """Pretrain on the server half (cached), then fine-tune the last ``compression.last_k``
-    layers with ``compression.method`` on (a ``finetune_samples`` subsample of) the client half
-    for ``local_epochs`` epochs at ``lr`` and ``batch_size``; print progress and a results table.
-    ``test_samples`` (or ``config.test_samples`` when set) caps the test set.
-    """
-    console = console or Console()
-    compression = config.compression
-    _, client_half = setup_b_data(config)
-    _, test_set = load_dataset(config.dataset, config.image_size)
-    test_cap = config.test_samples or test_samples
-    test = Subset(test_set, subsample(range(len(test_set)), test_cap, config.seed).tolist())
-    indices = subsample(client_half.indices, finetune_samples, config.seed)
-    fine_tune_set = Subset(client_half.dataset, indices.tolist())
-    columns = (*Progress.get_default_columns(), TextColumn("loss {task.fields[loss]:.3f}"))
-    with Progress(*columns, console=console) as progress:
-        pretrain_task = progress.add_task("pretrain (server half)", total=None, loss=0.0)
-
-        def pretrain_step(step: int, total: int, loss: float) -> None:
-            progress.update(pretrain_task, completed=step, total=total, loss=loss)
-
-        model = pretrain_setup_b(config, on_step=pretrain_step)
-        progress.update(pretrain_task, total=1, completed=1)
-        _, before = evaluate(model, test)
-        probe = next(iter(DataLoader(fine_tune_set, batch_size=config.batch_size)))
-        vanilla, _ = _measure_step(copy.deepcopy(model), compression, "vanilla", probe)
-        memory, _ = _measure_step(model, compression, compression.method, probe)
-        tune_task = progress.add_task(f"fine-tune ({compression.method})", total=None, loss=0.0)
-
-        def tune_step(step: int, total: int, loss: float) -> None:
-            progress.update(tune_task, completed=step, total=total, loss=loss)
-
-        result = train(model, fine_tune_set, epochs=config.local_epochs, lr=config.lr,
-                       batch_size=config.batch_size, seed=config.seed, on_step=tune_step)
-    _, after = evaluate(model, test)
-    outcome = CentralizedResult(before, after, result, memory, vanilla, layer_ranks(model))
-    console.print(_memory_table(outcome, compression.method, compression.last_k))
-    return outcome

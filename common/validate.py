@@ -7,8 +7,9 @@ each named by its dotted field (``rounds``, ``compression.last_k``, ``fleet.0.de
 2. checks across fields (:meth:`ExperimentConfig.cross_problems`), device names against the
    catalogue, and ``compression.last_k`` against the model's number of Conv2d/Linear layers.
    These also run when some fields failed step 1: the config is re-validated without the failed
-   fields (their defaults take their place) and a check is reported only if none of the fields
-   it reads failed, so a default never produces a problem of its own.
+   fields (their defaults, or for required ones a stand-in, take their place) and a check is
+   reported only if none of the fields it reads failed, so a default or a stand-in never
+   produces a problem of its own.
 
 A sweep's problems are named in the sweep file's terms (``methods.2.last_k``,
 ``fleets.mcu-budget.0.count``, ``base.rounds``).
@@ -19,9 +20,11 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 import typing
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -36,6 +39,8 @@ from common.configfile import read
 from common.devices import Catalogue, fleet_errors, load_catalogue
 
 Check = tuple[Problem, tuple[str, ...]]  # a problem and the fields its check reads
+_DROP = object()
+M = TypeVar("M", bound=BaseModel)
 
 
 @lru_cache(maxsize=64)
@@ -58,6 +63,13 @@ def layer_count(model: str, width: float, image_size: int, dataset: str) -> int:
     return len(trainable_layers(built))
 
 
+def warm_up() -> None:
+    """Import torch and the models and count the default experiment's layers, so that the first
+    validation a server answers does not pay for them (seconds on a loaded machine)."""
+    defaults = ExperimentConfig.model_fields
+    layer_count(*(defaults[name].default for name in ("model", "width", "image_size", "dataset")))
+
+
 LAYER_READS = ("compression.last_k", "model", "width", "image_size", "dataset")
 
 
@@ -72,7 +84,7 @@ def _layer_checks(config: ExperimentConfig) -> list[Check]:
 
 def _catalogue_checks(config: ExperimentConfig, catalogue: Catalogue) -> list[Check]:
     return [(Problem(_dotted(error.field), str(error).removeprefix(f"{error.field}: ")),
-             ("fleet",)) for error in fleet_errors(config, catalogue)]
+             (_dotted(error.field),)) for error in fleet_errors(config, catalogue)]
 
 
 def _dotted(field: str) -> str:
@@ -120,13 +132,18 @@ def problems_of(error: ValidationError, schema: type[BaseModel]) -> list[Problem
             reason = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
         elif e["type"] == "missing":
             reason = "required"
-        else:
-            reason = f"{e['msg'].removeprefix('Value error, ')} (got {_shown(e['input'])})"
+        else:  # a model-level check (loc ()) was given the whole mapping: not worth showing
+            given = f" (got {_shown(e['input'])})" if loc else ""
+            reason = e["msg"].removeprefix("Value error, ") + given
         problems.append(Problem(field, reason))
     return problems
 
 
-STAND_INS = {"fleet": [{"device": "stand-in", "count": 1}]}  # required fields, for _without
+STAND_IN_ENTRY = {"device": "stand-in", "count": 1}
+STAND_INS = {  # required fields (list items as *) that _without replaces instead of dropping
+    "fleet": [STAND_IN_ENTRY], "fleet.*": STAND_IN_ENTRY,
+    "fleet.*.device": STAND_IN_ENTRY["device"], "fleet.*.count": STAND_IN_ENTRY["count"],
+}
 
 
 def _without(data: dict, fields: set[str]) -> dict | None:
@@ -137,17 +154,17 @@ def _without(data: dict, fields: set[str]) -> dict | None:
     rest = copy.deepcopy(data)
     for field in fields:
         *parents, last = field.split(".")
-        top = field.split(".")[0]
-        if top in STAND_INS:
-            rest[top] = copy.deepcopy(STAND_INS[top])
-            continue
+        stand_in = STAND_INS.get(re.sub(r"(?<=\.)\d+(?=\.|$)", "*", field), _DROP)
         node: object = rest
         try:
             for part in parents:
                 node = node[int(part)] if isinstance(node, list) else node[part]
-            if isinstance(node, list):
+            if stand_in is not _DROP:
+                node[int(last) if isinstance(node, list) else last] = copy.deepcopy(stand_in)
+            elif isinstance(node, list):
                 return None  # taking an item out would renumber the others
-            node.pop(last, None)  # absent when it is a missing required field
+            else:
+                node.pop(last, None)  # absent when it is a missing required field
         except (KeyError, IndexError, ValueError, TypeError):
             return None
     return rest
@@ -165,8 +182,21 @@ def _require_mapping(data: object, source: str) -> None:
                                    f"the top level, got {got}")], source)
 
 
-def _validated(data: dict) -> ExperimentConfig:
-    return ExperimentConfig.model_validate(data, context={DEFER_CROSS_CHECKS: True})
+def _schema_pass(schema: type[M], data: dict) -> tuple[M | None, list[Problem]]:
+    """``data`` validated by ``schema`` (cross-field checks deferred) and its problems; after a
+    failure, the model is ``data`` validated without the failed fields (None if it fails too),
+    for the checks that do not read them."""
+    context = {DEFER_CROSS_CHECKS: True}
+    try:
+        return schema.model_validate(data, context=context), []
+    except ValidationError as error:
+        problems = problems_of(error, schema)
+    rest = _without(data, {p.field for p in problems})
+    try:
+        return (schema.model_validate(rest, context=context) if rest is not None else None,
+                problems)
+    except ValidationError:
+        return None, problems
 
 
 def check_experiment(data: object, catalogue: Catalogue | None = None,
@@ -175,16 +205,7 @@ def check_experiment(data: object, catalogue: Catalogue | None = None,
     every problem. ``catalogue`` defaults to :func:`load_catalogue`; ``source`` names the input
     in the error."""
     _require_mapping(data, source)
-    problems: list[Problem] = []
-    try:
-        config: ExperimentConfig | None = _validated(data)
-    except ValidationError as error:
-        problems = problems_of(error, ExperimentConfig)
-        rest = _without(data, {p.field for p in problems})
-        try:
-            config = _validated(rest) if rest is not None else None
-        except ValidationError:
-            config = None
+    config, problems = _schema_pass(ExperimentConfig, data)
     if config is not None:
         failed = {p.field for p in problems}
         checks = [*config.cross_problems(),
@@ -213,16 +234,7 @@ def check_sweep(data: object, catalogue: Catalogue | None = None,
     :class:`ConfigError` listing every problem of the sweep and of each combination (as for an
     experiment, a combination is checked without the sweep fields that failed)."""
     _require_mapping(data, source)
-    problems: list[Problem] = []
-    try:
-        sweep: SweepConfig | None = SweepConfig.model_validate(data)
-    except ValidationError as error:
-        problems = problems_of(error, SweepConfig)
-        rest = _without(data, {p.field for p in problems})
-        try:
-            sweep = SweepConfig.model_validate(rest) if rest is not None else None
-        except ValidationError:
-            sweep = None
+    sweep, problems = _schema_pass(SweepConfig, data)
     experiments = []
     if sweep is not None:
         problems += [Problem(f"base.{key}", f"set by the sweep's {by}, not by its base")

@@ -6,25 +6,26 @@ installed, copied once per container by the vfs storage driver) stays out of the
 virtualenv install keeps the extra for the Simulation Engine. ``--build-system`` prints the
 ``[build-system] requires`` instead (what an offline wheelhouse needs to install the project).
 
-Usage: ``python requirements.py [--build-system]``; stdlib only, as in the image's build stage.
+Usage: ``python requirements.py [--build-system]``. Requirements are parsed and written back by
+``packaging`` (PEP 508), which the image's build stage installs into its venv first (flwr
+depends on it, so an offline wheelhouse has it).
 """
 
-import re
 import sys
 import tomllib
 from pathlib import Path
 
-DROPPED_EXTRAS = {"flwr": {"simulation"}}
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+DROPPED_EXTRAS = {"flwr": {"simulation"}}  # by canonical (PEP 503) distribution name
 
 
 def image_requirement(spec: str) -> str:
     """``spec`` with the extras listed in DROPPED_EXTRAS for its distribution removed."""
-    match = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*\[([^\]]*)\](.*)$", spec)
-    if match is None:
-        return spec
-    name, extras, rest = match.groups()
-    kept = [e.strip() for e in extras.split(",") if e.strip() not in DROPPED_EXTRAS.get(name, ())]
-    return f"{name}[{','.join(kept)}]{rest}" if kept else f"{name}{rest}"
+    requirement = Requirement(spec)
+    requirement.extras -= DROPPED_EXTRAS.get(canonicalize_name(requirement.name), set())
+    return str(requirement)
 
 
 def main(build_system: bool) -> None:

@@ -5,7 +5,7 @@
    device) with a ``query`` message; nodes that cannot answer get the fleet's remaining
    partitions by elimination, so failures can be named.
 3. Run FedAvg / FedProx / FedAdam from ``flwr.serverapp.strategy``; every reply, and every
-   sampled node that did not reply, becomes a ClientResult event; after aggregation the global
+   sampled node that did not reply, becomes a ClientRecord event; after aggregation the global
    model is evaluated on the test set (round 0 = the pretrained model) as a RoundResult event.
 
 A client failure never stops the run: error replies are recorded and left out of aggregation.
@@ -17,7 +17,6 @@ import logging
 import math
 import random
 import time
-from collections import Counter
 from collections.abc import Iterable
 
 import torch
@@ -35,11 +34,13 @@ from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 from torch.utils.data import DataLoader
 
-from client import replies
-from client.task import experiment, partitions, settings_of
+from client.task import partitions
+from common import wire
 from common.config import ExperimentConfig
 from common.devices import assign_entries
-from common.events import ClientResult, RoundResult, RunState
+from common.events import RoundResult, RunState
+from common.record import ClientRecord
+from common.runconfig import experiment, settings_of
 from common.train import evaluate as evaluate_model
 from server.report import Reporter
 from server.task import pretrained_model, test_dataset
@@ -88,22 +89,18 @@ class NodeDirectory:
     """Node id -> (partition id, device), from the nodes' answers to an inventory query.
 
     A node that never answered (e.g. its ClientApp cannot start under its memory cap) gets the
-    lowest partition id nobody claimed, and its device is named by this rule:
-
-    - every answer agrees with the seeded assignment (``assign_entries``, as ``edgefed run``
-      numbers simulation and loopback-deployment fleets): that partition's device there;
-    - otherwise (a fleet numbered its own way, e.g. the compose fleet in mix order): the fleet's
-      devices minus the answered ones, as a multiset; its one kind if one kind is left, else
-      ``"unknown (one of a, b)"`` (``"unknown"`` if nothing is left).
+    lowest partition id nobody claimed and that partition's device in the one assignment every
+    fleet is numbered by (``common.devices.assign_entries`` of the experiment's fleet). An
+    answer that disagrees with the assignment (a fleet built for another mix) is logged.
     """
 
     def __init__(self, config: ExperimentConfig, answers: dict[int, tuple[int, str]]) -> None:
-        self.entries = assign_entries(config)
+        self.entries = assign_entries(config.fleet)
         self.known = dict(answers)
-        self.seeded = all(pid < len(self.entries) and self.entries[pid].device == device
-                          for pid, device in answers.values())
-        self.leftover = sorted((Counter(e.device for e in self.entries)
-                                - Counter(device for _, device in answers.values())).keys())
+        for node_id, (pid, device) in sorted(answers.items()):
+            if device != self._device_of(pid):
+                log.warning("node %d answers partition %d is %s; the experiment's fleet has "
+                            "%s there", node_id, pid, device, self._device_of(pid))
 
     @classmethod
     def ask(cls, grid: Grid, config: ExperimentConfig, nodes: list[int]) -> NodeDirectory:
@@ -118,8 +115,8 @@ class NodeDirectory:
         return cls(config, answers)
 
     def identity(self, node_id: int) -> tuple[int, str]:
-        """The node's (partition id, device); for a node that never answered, by the rule in the
-        class docstring (remembered, so it keeps the same identity every round)."""
+        """The node's (partition id, device); for a node that never answered, as the class
+        docstring says (remembered, so it keeps the same identity every round)."""
         if node_id not in self.known:
             taken = {pid for pid, _ in self.known.values()}
             pid = next(i for i in range(len(self.entries) + len(self.known) + 1)
@@ -128,11 +125,23 @@ class NodeDirectory:
         return self.known[node_id]
 
     def _device_of(self, pid: int) -> str:
-        if self.seeded and pid < len(self.entries):
-            return self.entries[pid].device
-        if len(self.leftover) == 1:
-            return self.leftover[0]
-        return f"unknown (one of {', '.join(self.leftover)})" if self.leftover else "unknown"
+        """The assignment's device of partition ``pid`` ("unknown" past the fleet's end)."""
+        return self.entries[pid].device if pid < len(self.entries) else "unknown"
+
+
+def client_record(reply: Message, phase: str, server_round: int, identity: tuple[int, str]
+                  ) -> ClientRecord:
+    """A reply (content or error) as its :class:`ClientRecord`; round, phase and node id are the
+    server's. ``identity`` (partition id, device, as the node directory knows the sender) names
+    a node whose reply carries no record: an error, or content that is not a valid record."""
+    envelope = {"round": server_round, "phase": phase, "node_id": reply.metadata.src_node_id}
+    if reply.has_error():
+        return wire.failed(reply.error.code, reply.error.reason or "", *identity, **envelope)
+    try:
+        return wire.decode(reply.content["metrics"], reply.content.config_records["record"],
+                           **envelope)
+    except (KeyError, ValueError) as err:  # invalid JSON or record: ValueError
+        return wire.failed(wire.UNREADABLE, f"unreadable reply: {err}", *identity, **envelope)
 
 
 class Reporting:
@@ -163,14 +172,14 @@ class Reporting:
         return messages
 
     def _record(self, server_round: int, phase: str, received: list[Message]) -> None:
-        results = [replies.client_result(r, phase, server_round,
-                                         self.directory.identity(r.metadata.src_node_id))
+        results = [client_record(r, phase, server_round,
+                                 self.directory.identity(r.metadata.src_node_id))
                    for r in received]
         answered = {r.metadata.src_node_id for r in received}
         for node_id in self._sent.get(phase, []):
             if node_id not in answered:
                 pid, device = self.directory.identity(node_id)
-                results.append(ClientResult(
+                results.append(ClientRecord(
                     round=server_round, phase=phase, node_id=node_id, partition_id=pid,
                     device=device, status="error", reason="no reply before the round timeout",
                 ))

@@ -3,6 +3,7 @@
     edgefed run CONFIG [--engine simulation|deployment] [--out DIR] [--run-id ID]
                        [--report-url URL] [--report-token TOKEN | $EDGEFED_REPORT_TOKEN]
     edgefed devices
+    edgefed methods
     edgefed plan --device D --model M
     edgefed fleet up|down|status
     edgefed sweep SWEEP [--engine E] [--out DIR]
@@ -32,10 +33,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from common.compression.registry import REGISTRY
 from common.config import ConfigError, Engine, ExperimentConfig, ModelName
 from common.devices import assign_devices, load_catalogue
-from common.events import ClientResult, Event
-from common.validate import load_config, load_sweep, problems_of
+from common.events import Event
+from common.record import ClientRecord
+from common.validate import check_experiment, load_config, load_sweep, problems_of
 from server.compose import compose_command
 
 app = typer.Typer(help="Federated fine-tuning on memory-capped edge devices.", no_args_is_help=True)
@@ -59,7 +62,13 @@ def _fail(message: str) -> typer.Exit:
 
 
 def refuse(error: ConfigError) -> typer.Exit:
-    """Print every problem of ``error`` on stderr, one per line; the exit (code 2) to raise."""
+    """Print every problem of ``error`` on stderr, one per line; the exit (code 2) to raise.
+
+    A file that cannot be read or parsed is one line (``invalid config: f.yaml:3:1: ...``);
+    field problems follow a line naming the file.
+    """
+    if len(error.problems) == 1 and not error.problems[0].field:
+        return _fail(str(error.problems[0]))
     source = f" {error.source}" if error.source else ""
     errors.print(f"[bold red]invalid config[/]{escape(source)}:")
     for problem in error.problems:
@@ -93,7 +102,7 @@ def run(
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     out = out or Path("runs") / run_id
     runner.install_signal_handlers()
-    clients: dict[int, ClientResult] = {}
+    clients: dict[int, ClientRecord] = {}
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
@@ -129,17 +138,19 @@ def run(
 
 
 def client_table(results: object) -> Table:
-    """The last train result of every client: activations kept for backward (most of what the
-    training budget holds) and the total with weights and forward temporaries."""
+    """The last train record of every client: the budget beside the quantity it constrains
+    (training: activations kept + gradients + optimizer state), the activations the methods
+    compress, and the whole step's measured peak."""
     table = Table(title="clients (last round)")
     for column in ("partition", "device", "status", "method", "last_k", "eps", "batch",
-                   "activations", "budget", "total", "acc", "sim s", "reason"):
+                   "activations", "training", "budget", "step peak", "acc", "sim s", "reason"):
         table.add_column(column)
     for r in sorted(results, key=lambda r: r.partition_id):
         table.add_row(
             str(r.partition_id), r.device, r.status, r.method or "-", str(r.last_k or "-"),
             "-" if r.eps is None else f"{r.eps:.2f}", str(r.batch_size or "-"),
-            _mib(r.activation_bytes), _mib(r.budget_bytes), _mib(r.total_bytes),
+            _mib(r.activation_bytes), _mib(r.training_bytes), _mib(r.budget_bytes),
+            _mib(r.peak_step_bytes),
             "-" if r.accuracy is None else f"{r.accuracy:.3f}",
             "-" if r.sim_time_s is None else f"{r.sim_time_s:.1f}", r.reason[:60],
         )
@@ -164,6 +175,18 @@ def devices() -> None:
 
 
 @app.command()
+def methods() -> None:
+    """List the compression methods (the registry), their parameters and fallbacks."""
+    table = Table(title="compression methods")
+    for column in ("method", "parameters", "planner falls back to", "what it keeps"):
+        table.add_column(column)
+    for spec in REGISTRY.values():
+        table.add_row(spec.name, "\n".join(f"{p.name}: {p.rule}" for p in spec.params) or "-",
+                      ", ".join(spec.cheaper) or "-", spec.summary)
+    console.print(table)
+
+
+@app.command()
 def plan(
     device: Annotated[str, typer.Option(help="catalogue profile")],
     model: Annotated[ModelName, typer.Option(help="architecture")] = "mobilenetv2",
@@ -173,8 +196,12 @@ def plan(
     catalogue = load_catalogue()
     if device not in catalogue.profiles:
         raise _fail(f"device: unknown device {device!r} (known: {', '.join(catalogue.profiles)})")
-    base = load_experiment(config_path) if config_path else load_experiment(DEMO_CONFIG)
-    config = base.model_copy(update={"model": model})
+    base = load_experiment(config_path or DEMO_CONFIG)
+    try:  # another model: last_k is checked against its layers
+        config = check_experiment({**base.model_dump(), "model": model},
+                                  source=f"{config_path or DEMO_CONFIG} with --model {model}")
+    except ConfigError as error:
+        raise refuse(error) from None
     from server.task import plan_device  # torch is imported only here
 
     result = plan_device(config, catalogue.profile(device))
@@ -213,7 +240,7 @@ def fleet_up(
     if deployment.load(directory) is not None:
         console.print(f"a fleet is already up in {directory}; `edgefed fleet down` first")
         raise typer.Exit(1)
-    state = deployment.up(directory, assign_devices(config, catalogue))
+    state = deployment.up(directory, assign_devices(config.fleet, catalogue))
     limit = state.nodes[0].process.limit if state.nodes else "-"
     console.print(f"SuperLink {state.address}, {len(state.nodes)} SuperNodes, each ClientApp "
                   f"under its device's memory limit ({limit})")

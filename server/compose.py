@@ -1,9 +1,10 @@
 """Compose files for a device fleet: ``edgefed compose --fleet FLEET [--out FILE]``.
 
 The fleet comes from the device catalogue (``deploy/devices.yaml``), by name or as a mix
-``{profile: count}``, expanded in mix order: device ``i`` of ``N`` carries node-config
-``partition-id=i num-partitions=N device=NAME``. Services, all from one image
-(``deploy/Dockerfile``) on one private bridge network:
+``{profile: count}``, numbered by the one partition -> device assignment
+(``common.devices.assign_entries``, the same for any experiment with this fleet): device ``i``
+of ``N`` carries node-config ``partition-id=i num-partitions=N device=NAME``. Services, all
+from one image (``deploy/Dockerfile``) on one private bridge network:
 
 - ``superlink``: Flower's SuperLink, one HTTP API (Fleet, Control, Runtime) on port 8000, in
   ``process`` isolation: it runs no ServerApp itself.
@@ -50,8 +51,8 @@ from typing import Annotated
 import typer
 import yaml
 
-from common.config import MAX_CLIENTS
-from common.devices import Catalogue, DeviceProfile, load_catalogue
+from common.config import MAX_CLIENTS, FleetEntry
+from common.devices import Catalogue, DeviceProfile, assign_devices, load_catalogue
 from server.fleet import device_node_config, node_config_arg
 
 IMAGE = "${EDGEFED_IMAGE:-edgefed:latest}"
@@ -135,9 +136,10 @@ def fleet_mix(fleet: str | Mapping[str, int], catalogue: Catalogue) -> dict[str,
 
 
 def fleet_devices(fleet: str | Mapping[str, int], catalogue: Catalogue) -> list[DeviceProfile]:
-    """Partition id -> device profile: the mix expanded in its own order."""
+    """Partition id -> device profile: the one assignment (``common.devices.assign_devices``)
+    of the mix, as an experiment with this fleet numbers its partitions."""
     mix = fleet_mix(fleet, catalogue)
-    return [catalogue.profiles[name] for name, count in mix.items() for _ in range(count)]
+    return assign_devices([FleetEntry(device=d, count=n) for d, n in mix.items()], catalogue)
 
 
 def parse_mix(text: str) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """Processes edgefed starts: spawn them, put what they launch under a memory limit, find their
-descendants, stop them by pid.
+descendants, stop them by pid (:func:`terminate`, the one teardown every starter uses).
 
 Memory limits (per emulated device, covering the ClientApps its app runtime launches):
 - ``cgroup``: a cgroup-v1 memory group ``/sys/fs/cgroup/memory/edgefed/<group>/<node>`` with
@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +36,7 @@ from pydantic import BaseModel
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 LimitKind = Literal["cgroup", "rlimit", "none"]
 PR_SET_CHILD_SUBREAPER = 36
+POLL_S = 0.1
 
 
 class ManagedProcess(BaseModel):
@@ -224,10 +225,82 @@ def _tree(managed: Iterable[ManagedProcess]) -> list[psutil.Process]:
     return list(procs.values())
 
 
-def _signal_all(procs: list[psutil.Process], sig: int) -> None:
+def signal_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to process group ``pgid``; a group that is gone (or not ours) is skipped."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` still has a member (zombies included)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its descendants (which may have left its group: Flower's own sessions)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def running(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those still running: same pid *and* start time (psutil's check), not zombies."""
+    alive = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
+
+
+def signal_all(procs: Iterable[psutil.Process], sig: int, group: int | None = None) -> None:
+    """Send ``sig`` to process group ``group`` (when given) and to each of ``procs``."""
+    if group is not None:
+        signal_group(group, sig)
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.send_signal(sig)
+
+
+def _wait(procs: list[psutil.Process], group: int | None, timeout: float
+          ) -> list[psutil.Process]:
+    """Wait until ``procs`` and the group have exited, at most ``timeout`` s; the survivors.
+    Those that are our children are reaped (psutil), no one else's exit status is taken."""
+    deadline = time.monotonic() + timeout
+    alive = procs
+    while (alive or (group is not None and group_alive(group))) and (
+            time.monotonic() < deadline):
+        if alive:
+            _, alive = psutil.wait_procs(alive, timeout=POLL_S)
+        else:
+            time.sleep(POLL_S)
+    return alive
+
+
+def terminate(find: Callable[[], Iterable[psutil.Process]], timeout: float,
+              group: int | None = None) -> None:
+    """The one teardown of processes edgefed started: SIGTERM to process group ``group``
+    (when given) and to every process ``find()`` returns; wait up to ``timeout`` s for them
+    and the group to exit; then SIGKILL the group, the survivors and whatever ``find()``
+    returns now (children forked during the SIGTERM), and wait up to ``timeout`` s again.
+
+    ``find`` is called twice and must return only processes known to be ours (recorded pids
+    checked against their start time, their descendants, cgroup members).
+    """
+    first = list({p.pid: p for p in find()}.values())
+    signal_all(first, signal.SIGTERM, group)
+    survivors = _wait(first, group, timeout)
+    late = list({p.pid: p for p in [*survivors, *running(find())]}.values())
+    signal_all(late, signal.SIGKILL, group)
+    _wait(late, group, timeout)
 
 
 def reap() -> None:
@@ -242,20 +315,14 @@ def stop(
     extra: Iterable[psutil.Process] = (),
 ) -> None:
     """Stop the given processes, their descendants and the members of their cgroups, plus
-    ``extra`` processes: SIGTERM, wait, SIGKILL, wait; then remove their cgroups.
+    ``extra`` processes (:func:`terminate`); then remove their cgroups.
 
     Only pids recorded in ``managed`` (checked against their start time), their descendants and
     cgroup members, and ``extra`` are signalled.
     """
     managed = list(managed)
     extra = list(extra)
-    procs = list({p.pid: p for p in _tree(managed) + extra}.values())
-    _signal_all(procs, signal.SIGTERM)
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    # a SIGTERM'd parent may have forked late children: collect them too
-    alive = list({p.pid: p for p in alive + _tree(managed) + extra}.values())
-    _signal_all(alive, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=timeout)
+    terminate(lambda: _tree(managed) + extra, timeout)
     reap()
     for m in managed:
         if m.cgroup:

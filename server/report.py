@@ -22,7 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from common.events import ClientResult, Event, RoundResult, RunState
+from common.events import Event, RoundResult, RunState
+from common.record import ClientRecord
 
 EVENTS_FILE = "events.jsonl"
 POST_TIMEOUT_S = 2.0
@@ -52,7 +53,7 @@ class Reporter:
     def emit(
         self,
         *,
-        client: ClientResult | None = None,
+        client: ClientRecord | None = None,
         round: RoundResult | None = None,  # noqa: A002 - the envelope's field name
         state: RunState | None = None,
     ) -> Event:

@@ -183,7 +183,7 @@ def run(
     per-round events come from the ServerApp through the same ``events.jsonl`` and URL.
     ``on_started`` sees the SuperLink (and fleet) once they run.
     """
-    devices = assign_devices(config, catalogue)
+    devices = assign_devices(config.fleet, catalogue)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(config.model_dump_json(indent=2))
     reporter = Reporter(run_id, out_dir, report_url, report_token)

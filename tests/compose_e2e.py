@@ -48,6 +48,7 @@ from client.task import Node
 from common.config import ExperimentConfig
 from common.devices import Catalogue, DeviceProfile, load_catalogue
 from server.compose import fleet_devices, fleet_mix, generate_compose, generate_tls_overlay
+from server.procs import signal_group
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "test-output" / "compose-e2e"
@@ -92,8 +93,7 @@ def sh(cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None,
         try:
             out, err = proc.communicate(timeout=timeout)
         except BaseException as exc:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             with suppress(subprocess.TimeoutExpired):
                 proc.communicate(timeout=10)
             if isinstance(exc, subprocess.TimeoutExpired):
@@ -348,7 +348,8 @@ def check_clients(detail: dict, devices: list[DeviceProfile]) -> str:
                     raise Failed(f"{device.name} (partition {pid}) should fail, got {row}")
                 log(f"round {server_round}: {device.name} failed as expected: {row['reason']}")
             elif (row["status"] != "ok" or row["device"] != device.name
-                  or row["peak_bytes"] is None or row["accuracy"] is None):
+                  or row["peak_step_bytes"] is None or row["accuracy"] is None
+                  or row["memory_limit_bytes"] != device.ram_bytes):  # its container's limit
                 raise Failed(f"round {server_round}: partition {pid} ({device.name}): {row}")
     rounds = [r["round"] for r in detail["rounds"]]
     if rounds[-1:] != [ROUNDS]:

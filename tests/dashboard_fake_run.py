@@ -27,7 +27,8 @@ from pathlib import Path
 
 import httpx
 
-from common.events import ClientResult, RoundResult, RunState
+from common.events import RoundResult, RunState
+from common.record import ClientRecord
 from server.report import Reporter
 
 
@@ -75,9 +76,9 @@ def long_run(run_id: str, out: Path, url: str, token: str, rounds: int) -> int:
     reporter.emit(state=RunState(status="running", message="stand-in"))
     for r in range(1, rounds + 1):
         for p in range(3):
-            reporter.emit(client=ClientResult(
+            reporter.emit(client=ClientRecord(
                 round=r, node_id=p, partition_id=p, device="rpi5", status="ok",
-                accuracy=0.5, peak_bytes=1000 * (p + 1)))
+                accuracy=0.5, activation_bytes=1000 * (p + 1)))
         reporter.emit(round=RoundResult(round=r, accuracy=min(1.0, 0.01 * r), loss=1.0))
         time.sleep(1.0)
     reporter.emit(state=RunState(status="finished", message="stand-in done"))

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
+
+from server.procs import terminate
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_RUN = Path(__file__).with_name("dashboard_fake_run.py")
@@ -33,17 +36,6 @@ def tiny_config(**overrides: Any) -> dict:
         "test_samples": 64, "local_steps": 1, "batch_size": 8,
     }
     return {**config, **overrides}
-
-
-CREATE_TIMEOUT_S = 60  # creating an experiment builds its model (the last_k check): slow when busy
-
-
-def create_experiment(url: str, config: dict, headers: dict | None = None) -> dict:
-    """POST an experiment to the dashboard at ``url``; its answer (201 asserted)."""
-    response = httpx.post(f"{url}/api/experiments", json=config, headers=headers,
-                          timeout=CREATE_TIMEOUT_S)
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def free_port() -> int:
@@ -113,12 +105,16 @@ class DashboardProcess:
     def __exit__(self, *_: object) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        leader = psutil.Process(self.proc.pid)
+        terminate(lambda: [leader], 30, group=self.proc.pid)
+
+    def create_experiment(self, config: dict, headers: dict | None = None) -> dict:
+        """POST the experiment; the first validation builds the model (imports torch), which
+        takes more than httpx's default 5 s on a loaded machine."""
+        response = httpx.post(f"{self.url}/api/experiments", json=config, headers=headers,
+                              timeout=60)
+        assert response.status_code == 201, response.text
+        return response.json()
 
     def fake_runs(self) -> dict[str, str]:
         """Environment that makes the runner start the stand-in run script."""

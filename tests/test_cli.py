@@ -32,7 +32,10 @@ def _refused(result: Result, cwd: Path, given: set[str]) -> list[str]:
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     assert {p.name for p in cwd.iterdir()} == given, "something was written"
     lines = result.stderr.splitlines()
-    assert lines[0].startswith("invalid config"), result.stderr
+    if len(lines) == 1:  # a file that cannot be read or parsed
+        assert lines[0].startswith("invalid config: "), result.stderr
+        return [lines[0].removeprefix("invalid config: ")]
+    assert lines[0].startswith("invalid config ") and lines[0].endswith(":"), result.stderr
     return [line.strip() for line in lines[1:]]
 
 
@@ -111,6 +114,14 @@ def test_every_command_taking_a_config_refuses_it_alike(cwd: Path, args: list[st
     path = _write(cwd, "config.yaml", experiment_text(changes))
     lines = _refused(runner.invoke(app, [*args, str(path)]), cwd, {"config.yaml"})
     assert sorted(_fields(lines)) == sorted(changes)
+
+
+def test_plan_checks_last_k_against_the_model_it_is_given(cwd: Path) -> None:
+    path = _write(cwd, "config.yaml", experiment_text({"compression": {"last_k": 40}}))
+    result = runner.invoke(app, ["plan", "--device", "rpi5", "--model", "resnet18", "--config",
+                                 str(path)])
+    assert _refused(result, cwd, {"config.yaml"}) == [
+        "compression.last_k: 40 exceeds the 21 Conv2d/Linear layers of resnet18 (at most 21)"]
 
 
 def test_invalid_sweep_base_cannot_set_what_the_grid_sets(cwd: Path) -> None:

@@ -15,9 +15,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch.utils.data import DataLoader
 
 import client.app as client_app
-from client import replies
 from client.planner import own_candidate, trainable_bytes
 from client.task import client_dataset, trainable_sgd
+from common import wire
 from common.compression import wrap_last_layers
 from common.config import ExperimentConfig
 from common.devices import catalogue_path
@@ -79,16 +79,18 @@ def test_a_fit_pick_found_over_budget_is_replanned(tmp_path: Path) -> None:
     client_app._planner(config).record(own, 1)  # a wrong cached figure: the planner picks it
     reply = _train(config, devices)
     assert not reply.has_error(), reply.error
-    metrics = reply.content["metrics"]
-    chosen = (int(metrics["last-k"]), int(metrics["batch-size"]), float(metrics["eps"]))
-    assert chosen != (own.last_k, own.batch_size, own.eps)
+    record = wire.decode(reply.content["metrics"], reply.content["record"])
+    assert (record.last_k, record.batch_size, record.eps) != (own.last_k, own.batch_size,
+                                                              own.eps)
     assert client_app._planner(config)._cache[own] > budget  # the step's real figure
-    assert metrics["budget-bytes"] == budget
+    assert record.budget_bytes == budget and record.training_bytes <= budget
+    assert record.status == "ok" and record.device == "rpi5" and record.partition_id == 0
+    assert record.rss_peak_bytes is None  # simulation: no cgroup of its own
 
 
 def test_a_fixed_device_over_budget_answers_out_of_memory(tmp_path: Path) -> None:
     config = _config("fixed")
     reply = _train(config, _catalogue(tmp_path, 1024))
-    assert reply.has_error() and reply.error.code == replies.OOM
+    assert reply.has_error() and reply.error.code == wire.OOM
     assert reply.error.reason.startswith("out of memory: needs ")
     assert reply.error.reason.endswith(" bytes, budget 1024")

@@ -27,6 +27,7 @@ from common.compression.decompose import one_thread
 from common.compression.lean import pack_bits, unpack_bits
 from common.compression.linear import tucker_linear_weight_grad
 from common.compression.rank import eps_ranks, widen_free_modes
+from common.compression.registry import METHODS
 
 DTYPE = torch.float64
 # (in_channels, out_channels, groups): standard, depthwise, depthwise x2 multiplier, grouped
@@ -240,7 +241,7 @@ class Net(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-@pytest.mark.parametrize("method", ["vanilla", "svd", "hosvd", "asi", "gradfilter"])
+@pytest.mark.parametrize("method", METHODS)
 def test_wrap_contract(method):
     torch.manual_seed(0)
     model = Net()

@@ -8,14 +8,22 @@ import io
 import json
 import re
 import subprocess
+from typing import get_args
 
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from sqlalchemy.dialects import postgresql
 
+from common.compression.registry import REGISTRY
+from common.record import ClientRecord
+from server.dashboard import store
 from server.dashboard.app import create_app
+from server.dashboard.models import ClientRow
+from server.dashboard.schemas import MemoryMetric
 from server.dashboard.settings import Settings
-from tests.dashboard_support import tiny_config, wait_for
+from tests.config_cases import BAD_EXPERIMENTS, experiment
+from tests.dashboard_support import REPO, tiny_config, wait_for
 
 BASE = "http://127.0.0.1"
 REMOTE = re.compile(r"""(src=|href=|from |import\(|url\()["']?(https?:)?//""")  # remote assets
@@ -89,6 +97,51 @@ def test_invalid_config_names_the_field_and_stores_nothing(client, overrides, fi
         errors = field_errors(client.post(path, json=tiny_config(**overrides)))
         assert field in errors, errors
     assert client.get("/api/experiments").json() == before
+
+
+def refused(client, body: bytes) -> list[dict]:
+    """Both experiment endpoints answer 422 with the same errors, no traceback; nothing is
+    stored. Returns the errors."""
+    before = client.get("/api/experiments").json()
+    answers = [client.post(path, content=body, headers={"Content-Type": "application/json"})
+               for path in ("/api/experiments", "/api/experiments/validate")]
+    assert [r.status_code for r in answers] == [422, 422], answers[0].text
+    assert answers[0].json() == answers[1].json() and "Traceback" not in answers[0].text
+    assert client.get("/api/experiments").json() == before
+    return answers[0].json()["detail"]
+
+
+@pytest.mark.parametrize(("changes", "expected"), [c[1:] for c in BAD_EXPERIMENTS],
+                         ids=[c.id for c in BAD_EXPERIMENTS])
+def test_every_wrong_field_is_named_like_the_cli_does(client, changes, expected):
+    create(client, name="kept")
+    detail = refused(client, json.dumps(experiment(changes, tiny_config())).encode())
+    errors = {e["field"]: e["msg"] for e in detail}
+    assert sorted(errors) == sorted(expected), errors
+    for field, fragment in expected.items():
+        assert fragment in errors[field], errors
+    for e in detail:  # the form puts each error beside the input its location names
+        assert e["loc"] == ["body", *(int(p) if p.isdigit() else p
+                                      for p in e["field"].split("."))]
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"name": "x",\n "rounds": 3,,\n}',
+     "body:2:14: Expecting property name enclosed in double quotes"),
+    (b'{"name": "caf\xe9"}', "body:1:14: not UTF-8 text (byte 0xe9)"),
+    (b'[1, 2]', "body: expected a mapping of fields at the top level, got a list"),
+    (b"", "body:1:1: Expecting value"),
+])
+def test_unparsable_bodies_are_one_error_with_line_and_column(client, body, message):
+    assert [(e["loc"], e["msg"]) for e in refused(client, body)] == [(["body"], message)]
+
+
+def test_duplicate_keys_are_refused_with_their_lines(client):
+    body = ('{"lr": 0.1,\n "rounds": 2,\n "compression": {"method": "svd", "method": "hosvd"},'
+            '\n "lr": 0.2}')
+    assert [e["msg"] for e in refused(client, body.encode())] == [
+        "body:3:45: duplicate key 'method' (first given at line 3)",
+        "body:4:8: duplicate key 'lr' (first given at line 1)"]
 
 
 def test_validate_returns_the_config_with_defaults(client):
@@ -186,7 +239,7 @@ def test_events_build_the_run_and_resent_events_replace_rows(client):
     post(client, run_id, headers, {"run_id": run_id, "round": {"round": 0, "accuracy": 0.4,
                                                                  "loss": 1.5}})
     post(client, run_id, headers, client_event(
-        run_id, 1, 0, peak_bytes=5000, budget_bytes=8000, ranks=[[2, 3, 4, 4]], method="hosvd",
+        run_id, 1, 0, peak_step_bytes=5000, budget_bytes=8000, ranks=[[2, 3, 4, 4]], method="hosvd",
         node_id=2**64 - 1))
     post(client, run_id, headers, client_event(run_id, 1, 1, status="oom",
                                                reason="out of memory: needs 9 bytes, budget 8"))
@@ -252,7 +305,7 @@ def test_stream_replays_the_log_and_resumes(client):
 
 def test_export_one_run_and_all(client):
     run_id, headers = attach(client, create(client)["id"])
-    post(client, run_id, headers, client_event(run_id, 1, 0, ranks=[[1, 2]], peak_bytes=10))
+    post(client, run_id, headers, client_event(run_id, 1, 0, ranks=[[1, 2]], peak_step_bytes=10))
     post(client, run_id, headers, {"run_id": run_id, "round": {"round": 1, "accuracy": 0.6,
                                                                  "loss": 1.0}})
     other_id, other_headers = attach(client, create(client)["id"])
@@ -260,7 +313,9 @@ def test_export_one_run_and_all(client):
     response = client.get(f"/api/runs/{run_id}/export", params={"format": "csv"})
     assert response.headers["content-disposition"].startswith("attachment")
     rows = list(csv.DictReader(io.StringIO(response.text)))
-    assert len(rows) == 1 and rows[0]["ranks"] == "[[1, 2]]" and rows[0]["peak_bytes"] == "10"
+    assert len(rows) == 1 and rows[0]["ranks"] == "[[1, 2]]" and rows[0]["peak_step_bytes"] == "10"
+    assert rows[0]["eps"] == rows[0]["training_bytes"] == ""  # no value: an empty cell
+    assert list(rows[0]) == ["run_id", *ClientRecord.model_fields]
     rounds = client.get(f"/api/runs/{run_id}/export", params={"format": "csv",
                                                                "table": "rounds"}).text
     assert list(csv.DictReader(io.StringIO(rounds)))[0]["accuracy"] == "0.6"
@@ -274,12 +329,13 @@ def test_export_one_run_and_all(client):
 
 def test_compare_marks_the_pareto_front_of_finished_runs(client):
     runs = {}
-    for name, peak, accuracy, end in [("small", 1_000, 0.6, "finished"),
+    for name, kept, accuracy, end in [("small", 1_000, 0.6, "finished"),
                                       ("big", 9_000, 0.8, "finished"),
                                       ("worse", 5_000, 0.5, "finished"),
                                       ("broken", 500, 0.9, "failed")]:
         run_id, headers = attach(client, create(client, name=name)["id"])
-        post(client, run_id, headers, client_event(run_id, 1, 0, peak_bytes=peak))
+        post(client, run_id, headers, client_event(run_id, 1, 0, activation_bytes=kept,
+                                                   peak_step_bytes=10 * kept))
         post(client, run_id, headers, client_event(run_id, 1, 1, status="oom"))
         post(client, run_id, headers, {"run_id": run_id, "round": {
             "round": 1, "accuracy": accuracy, "loss": 1.0}})
@@ -289,13 +345,26 @@ def test_compare_marks_the_pareto_front_of_finished_runs(client):
     front = {r["experiment_name"]: r["pareto"] for r in body["runs"]}
     assert front == {"small": True, "big": True, "worse": False, "broken": False}
     worse = next(r for r in body["runs"] if r["experiment_name"] == "worse")
-    assert worse["num_oom"] == 1 and worse["peak_bytes_mean"] == 5000
+    assert worse["num_oom"] == 1 and worse["activation_bytes_mean"] == 5000
+    assert worse["memory_bytes"] == 5000 and worse["peak_step_bytes_max"] == 50_000
+    by_peak = client.get("/api/compare", params={"run": list(runs.values())[:3],
+                                                 "memory": "peak_step"}).json()
+    assert {r["experiment_name"]: r["memory_bytes"] for r in by_peak["runs"]} == {
+        "small": 10_000, "big": 90_000, "worse": 50_000}
     every = client.get("/api/compare", params={"run": list(runs.values()),
                                                "finished_only": "false"}).json()
     front = {r["experiment_name"]: r["pareto"] for r in every["runs"]}
     assert front == {"small": False, "big": False, "worse": False, "broken": True}
     assert len(client.get("/api/compare").json()["runs"]) == 4
     assert client.get("/api/compare", params={"run": "missing"}).status_code == 404
+
+
+def test_compare_page_offers_the_api_memory_metrics_default_first(client):
+    """The page's axis choices are the API's, and its default (listed first) is the API's."""
+    page = (REPO / "server" / "dashboard" / "static" / "compare.js").read_text()
+    choices = re.findall(r"(\w+):", re.search(r"const MEMORY = \{(.*?)\};", page, re.S)[1])
+    assert choices == list(get_args(MemoryMetric))
+    assert client.get("/api/compare").json()["memory"] == choices[0] == "activation"
 
 
 def test_cancel_queued_run_and_delete_conflicts(client):
@@ -352,6 +421,10 @@ def test_catalogue_schema_and_pages(client):
     assert {"mcu", "rpi5"} <= {p["name"] for p in devices["profiles"]}
     schema = client.get("/api/schema/experiment").json()
     assert "fleet" in schema["required"] and "compression" in schema["properties"]
+    methods = client.get("/api/methods").json()
+    assert [m["name"] for m in methods] == list(REGISTRY)
+    assert {p["name"] for p in methods[list(REGISTRY).index("hosvd")]["params"]} == {
+        "eps", "rank", "budget_bytes"}
     for page in ("/", "/experiments/new", "/compare", "/runs/abc"):
         response = client.get(page)
         assert response.status_code == 200 and "<header>" in response.text
@@ -385,3 +458,23 @@ def test_experiment_ids_are_never_reused_after_a_delete(tmp_path):
     with make_client(tmp_path) as c:  # nor after a restart
         assert c.delete(f"/api/experiments/{last + 1}").status_code == 204
         assert create(c)["id"] == last + 2 and first < last
+
+
+def test_upsert_on_postgresql_and_on_dialects_without_one(tmp_path, monkeypatch):
+    """PostgreSQL gets the same ``ON CONFLICT .. DO UPDATE`` as SQLite; a dialect without a
+    native upsert (none here: forced) updates, and inserts when nothing matched."""
+    statement = store._native_upsert("postgresql", ClientRow.__table__,
+                                     ("round", "phase", "partition_id"), ("status", "reason"))
+    sql = str(statement.compile(dialect=postgresql.dialect()))
+    assert "ON CONFLICT (run_id, round, phase, partition_id) DO UPDATE SET status = " \
+           "excluded.status, reason = excluded.reason" in sql
+
+    monkeypatch.setattr(store, "NATIVE_UPSERT", {})
+    with make_client(tmp_path) as client:
+        run_id, headers = attach(client, create(client)["id"])
+        post(client, run_id, headers, client_event(run_id, 1, 0, status="oom", reason="first"))
+        post(client, run_id, headers, client_event(run_id, 1, 0, training_bytes=7))
+        post(client, run_id, headers, client_event(run_id, 1, 1))
+        rows = client.get(f"/api/runs/{run_id}/clients").json()
+    assert [(r["partition_id"], r["status"], r["training_bytes"]) for r in rows] == [
+        (0, "ok", 7), (1, "ok", None)]

@@ -19,7 +19,6 @@ from server.dashboard.store import digest
 from tests.dashboard_support import (
     DashboardProcess,
     alive,
-    create_experiment,
     tiny_config,
     wait_for,
 )
@@ -30,7 +29,7 @@ pytestmark = pytest.mark.e2e
 def test_kill_9_loses_nothing_acknowledged(tmp_path):
     db = f"sqlite:///{tmp_path / 'crash.db'}"
     with DashboardProcess(tmp_path, "--db", db) as server:
-        experiment = create_experiment(server.url, tiny_config())
+        experiment = server.create_experiment(tiny_config())
         attached = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/attach").json()
         run_id = attached["run"]["id"]
         done = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/attach").json()
@@ -39,7 +38,7 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path):
                 for p in range(4):
                     event = {"run_id": run_id, "client": {
                         "round": r + 1, "node_id": p, "partition_id": p, "device": "rpi5",
-                        "status": "ok", "peak_bytes": 1000 * (p + 1), "accuracy": 0.1 * r}}
+                        "status": "ok", "peak_step_bytes": 1000 * (p + 1), "accuracy": 0.1 * r}}
                     assert c.post(attached["report_url"], json=event).status_code == 201
                 event = {"run_id": run_id, "round": {"round": r + 1, "accuracy": 0.1 * r,
                                                       "loss": 1.0}}
@@ -64,7 +63,7 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path):
 
 
 def launch(server: DashboardProcess, **config: object) -> str:
-    experiment = create_experiment(server.url, tiny_config(**config))
+    experiment = server.create_experiment(tiny_config(**config))
     return httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch").json()["id"]
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.dashboard.runner import process_tree, running
-from tests.dashboard_support import DashboardProcess, create_experiment, tiny_config, wait_for
+from server.procs import process_tree, running
+from tests.dashboard_support import DashboardProcess, tiny_config, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -24,7 +24,7 @@ def leader_pid(data_dir: Path, run_id: str) -> int | None:
 def test_cancel_stops_every_process_of_a_real_run(tmp_path):
     with DashboardProcess(tmp_path, env={"EDGEFED_DASHBOARD_CANCEL_TIMEOUT_S": "20"}) as server:
         config = tiny_config(name="cancelled-real", rounds=50)
-        experiment = create_experiment(server.url, config)
+        experiment = server.create_experiment(config)
         run_id = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch").json()["id"]
         leader = wait_for(lambda: leader_pid(tmp_path, run_id), 60, "the run to start")
         tree = wait_for(lambda: (t := process_tree(leader)) and len(t) >= 3 and t, 180,

@@ -20,7 +20,6 @@ from tests.dashboard_support import (
     REPO,
     DashboardProcess,
     alive,
-    create_experiment,
     tiny_config,
     wait_for,
 )
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.e2e
 
 
 def launch(server: DashboardProcess, name: str) -> str:
-    experiment = create_experiment(server.url, tiny_config(name=name))
+    experiment = server.create_experiment(tiny_config(name=name))
     response = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch")
     assert response.status_code == 202, response.text
     return response.json()["id"]

@@ -1,4 +1,5 @@
-"""Datasets (system Fashion-MNIST, IDX/CIFAR files from a folder, download) and partitions."""
+"""Datasets (system Fashion-MNIST, IDX/CIFAR files from a folder) and partitions; downloads are
+in test_fetch.py."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import os
 import pickle
 import subprocess
 import sys
-import tarfile
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +17,13 @@ import pytest
 import torch
 
 from client import task
-from client.task import DEFAULT_EXPERIMENT, client_dataset, client_indices
-from common import data
+from client.task import client_dataset, client_indices
+from common import data, fetch
+from common.datasets import SPECS
+from common.runconfig import DEFAULT_EXPERIMENT
 from common.validate import load_config
 
-FMNIST = data.SPECS["fashion-mnist"]
+FMNIST = SPECS["fashion-mnist"]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,7 +39,7 @@ def _fake_fashion_mnist(folder: Path, n_train: int = 40, n_test: int = 10) -> np
     rng = np.random.default_rng(0)
     train = rng.integers(0, 256, (n_train, 28, 28))
     for name, array in zip(
-        data._FMNIST_FILES,
+        fetch.SOURCES["fashion-mnist"].files,
         [train, np.arange(n_train) % 10, rng.integers(0, 256, (n_test, 28, 28)),
          np.arange(n_test) % 10],
         strict=True,
@@ -83,7 +84,7 @@ def test_resize_native_and_channels(size: int, channels: int) -> None:
 
 def test_channel_conversion_refused() -> None:
     with pytest.raises(ValueError, match="channels"):
-        data.to_tensor(np.zeros((1, 3, 32, 32), np.uint8), data.SPECS["cifar10"], 32, 1)
+        data.to_tensor(np.zeros((1, 3, 32, 32), np.uint8), SPECS["cifar10"], 32, 1)
 
 
 def test_fashion_mnist_from_a_folder(tmp_path: Path) -> None:
@@ -135,23 +136,8 @@ def test_cifar10_from_a_folder(tmp_path: Path) -> None:
     train, test = data.load_dataset("cifar10", 32, root=str(tmp_path))
     assert train.tensors[0].shape == (20, 3, 32, 32)
     assert data.labels_of(test).tolist() == [5, 5, 9, 0]
-    expected = (4 / 255 - data.SPECS["cifar10"].mean[0]) / data.SPECS["cifar10"].std[0]
+    expected = (4 / 255 - SPECS["cifar10"].mean[0]) / SPECS["cifar10"].std[0]
     assert torch.allclose(train.tensors[0][-1, 0], torch.tensor(expected))
-
-
-def test_download_extracts_archive_and_reports_failure(tmp_path: Path) -> None:
-    source = tmp_path / "mirror"
-    _fake_cifar10(source)
-    archive = tmp_path / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    spec = replace(data.SPECS["cifar10"], urls=(archive.as_uri(),))
-    target = tmp_path / "cache"
-    data._download(spec, target)
-    assert (target / "cifar-10-batches-py" / "test_batch").is_file()
-    missing = replace(spec, urls=((tmp_path / "nothing.tar.gz").as_uri(),))
-    with pytest.raises(RuntimeError, match="could not download cifar10.*root="):
-        data._download(missing, tmp_path / "other")
 
 
 def test_unknown_dataset_and_root_are_named(tmp_path: Path) -> None:
@@ -205,7 +191,7 @@ def test_partition_errors_name_the_field(kwargs: dict, field: str) -> None:
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty ``$EDGEFED_CACHE``."""
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(fetch.CACHE_ENV, str(tmp_path))
     return tmp_path
 
 
@@ -255,7 +241,8 @@ def test_client_with_a_stored_partition_never_imports_flwr_datasets(cache: Path)
     rows = client_indices(config, 3, config.num_clients)
     script = textwrap.dedent("""
         import json, sys
-        from client.task import DEFAULT_EXPERIMENT, client_dataset, client_indices
+        from client.task import client_dataset, client_indices
+        from common.runconfig import DEFAULT_EXPERIMENT
         from common.validate import load_config
         config = load_config(DEFAULT_EXPERIMENT)
         assert len(client_dataset(config, 3, config.num_clients)) == config.samples_per_client
@@ -264,7 +251,7 @@ def test_client_with_a_stored_partition_never_imports_flwr_datasets(cache: Path)
         print(json.dumps({"rows": rows, "imported": imported}))
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO,
-                          env={**os.environ, data.CACHE_ENV: str(cache)},
+                          env={**os.environ, fetch.CACHE_ENV: str(cache)},
                           capture_output=True, text=True, timeout=120, check=True)
     child = json.loads(done.stdout.splitlines()[-1])
     assert child == {"rows": rows.tolist(), "imported": []}

@@ -1,4 +1,4 @@
-"""The device catalogue: its contents, validation and the seeded assignment of devices."""
+"""The device catalogue: its contents, validation and the one assignment of devices."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
+from client.task import resolve_node
 from common.config import ExperimentConfig, FleetEntry
 from common.devices import (
     Catalogue,
@@ -16,6 +17,7 @@ from common.devices import (
     load_catalogue,
     validate_fleet,
 )
+from server.compose import fleet_devices
 
 KIB, MIB = 2**10, 2**20
 
@@ -50,12 +52,27 @@ def test_named_fleets_as_documented(catalogue: Catalogue) -> None:
 
 
 def test_assignment_is_deterministic_and_follows_the_mix(catalogue: Catalogue) -> None:
-    config = ExperimentConfig(fleet=catalogue.fleet("quickstart"), seed=7)
-    first = [p.name for p in assign_devices(config, catalogue)]
-    assert first == [p.name for p in assign_devices(config, catalogue)]
+    fleet = catalogue.fleet("quickstart")
+    first = [p.name for p in assign_devices(fleet, catalogue)]
+    assert first == [p.name for p in assign_devices(fleet, catalogue)]
     assert Counter(first) == Counter(catalogue.fleets["quickstart"])
-    other = ExperimentConfig(fleet=catalogue.fleet("quickstart"), seed=8)
-    assert first != [p.name for p in assign_devices(other, catalogue)]
+    in_order = [e.device for e in fleet for _ in range(e.count)]
+    assert first != in_order  # shuffled: device kinds do not line up with partition order
+
+
+@pytest.mark.parametrize("fleet", ["quickstart", "compose", "compose-test"])
+def test_one_assignment_for_simulation_deployment_and_compose(
+        catalogue: Catalogue, fleet: str) -> None:
+    """Whatever the experiment's seed, its clients, the loopback fleet (``assign_devices``)
+    and the compose file (``fleet_devices``) give partition i the same device."""
+    entries = catalogue.fleet(fleet)
+    composed = [p.name for p in fleet_devices(fleet, catalogue)]
+    assert [p.name for p in assign_devices(entries, catalogue)] == composed
+    for seed in (0, 3, 1234):
+        config = ExperimentConfig(fleet=entries, seed=seed)
+        resolved = [resolve_node(config, {"partition-id": pid}, catalogue).device.name
+                    for pid in range(config.num_clients)]
+        assert resolved == composed
 
 
 def test_entry_policy_overrides_the_experiment_policy() -> None:
@@ -64,7 +81,7 @@ def test_entry_policy_overrides_the_experiment_policy() -> None:
                FleetEntry(device="rpi5", count=2)],
         policy="fit",
     )
-    policies = {(e.device, config.policy_of(e)) for e in assign_entries(config)}
+    policies = {(e.device, config.policy_of(e)) for e in assign_entries(config.fleet)}
     assert policies == {("mcu", "fixed"), ("rpi5", "fit")}
 
 

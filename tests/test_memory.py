@@ -10,7 +10,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.compression import wrap_last_layers
-from common.memory import MemoryReport, OutOfBudget, StepProbe, fits, format_bytes, measure
+from common.memory import (
+    MemoryReport,
+    OutOfBudget,
+    StepProbe,
+    cgroup_memory,
+    fits,
+    format_bytes,
+    measure,
+)
 from common.models import build_model
 from common.train import batchnorm_eval, sgd, train
 
@@ -99,6 +107,23 @@ def test_peak_counts_temporaries_freed_in_the_forward() -> None:
     assert report.peak_forward_bytes == x.nbytes + 2 * 5 * 1000 * F32
 
 
+def test_step_peak_tracks_the_backward_and_the_optimizer_step() -> None:
+    """Linear(1000 -> 1000) on one sample, no optimizer: the forward holds x, y and the sum;
+    at the backward's peak the kept x is alive with dW (the gradient; dL/dy is a scalar expanded,
+    a few bytes). With SGD momentum the step adds a buffer of dW's size."""
+    x = torch.randn(1, 1000)
+    net = nn.Linear(1000, 1000, bias=False)
+    report = measure(net, x, None, _sum_loss)
+    weight = 1000 * 1000 * F32
+    assert report.peak_forward_bytes == x.nbytes + 1000 * F32 + F32  # x, y, the sum
+    assert report.grad_bytes == weight
+    assert x.nbytes + weight <= report.peak_step_bytes <= x.nbytes + weight + 4 * F32
+    momentum = measure(net, x, None, _sum_loss, torch.optim.SGD(net.parameters(), lr=0.1,
+                                                                momentum=0.9))
+    assert momentum.peak_step_bytes >= x.nbytes + 2 * weight  # dW and the momentum buffer
+    assert not torch._C._len_torch_dispatch_stack()  # tracking ended with the step
+
+
 def test_measure_restores_model_grads_optimizer_and_rng() -> None:
     net = _tiny_net()
     net[1].train()  # running statistics would move
@@ -156,6 +181,76 @@ def test_hosvd_keeps_less_than_vanilla(batch: tuple) -> None:
     assert hosvd.compressed_bytes < vanilla.compressed_bytes
     assert hosvd.activation_bytes < vanilla.activation_bytes
     assert hosvd.grad_bytes == vanilla.grad_bytes
+
+
+def _step(method: str, last_k: int, batch: tuple, **params: object) -> MemoryReport:
+    """One measured SGD step of MobileNetV2 with frozen BatchNorm statistics."""
+    torch.manual_seed(0)
+    model = batchnorm_eval(wrap_last_layers(build_model("mobilenetv2"), method, last_k,
+                                            **params))
+    optimizer = sgd([p for p in model.parameters() if p.requires_grad], 0.05)
+    return measure(model, *batch, nn.CrossEntropyLoss(), optimizer)
+
+
+def _figures(name: str, report: MemoryReport) -> str:
+    fields = ("activation_bytes", "grad_bytes", "optimizer_bytes", "training_bytes",
+              "peak_forward_bytes", "peak_step_bytes")
+    return f"{name:>16}: " + ", ".join(
+        f"{f.removesuffix('_bytes')} {format_bytes(getattr(report, f))}" for f in fields)
+
+
+def test_all_layers_trainable_vanilla_step_peak_above_hosvd(batch: tuple) -> None:
+    """Every layer trainable: the kept activations dominate the whole step, so HOSVD's
+    compression shows in the measured peak (not only in the bytes it keeps)."""
+    layers = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in build_model("mobilenetv2").modules())
+    vanilla = _step("vanilla", layers, batch)
+    hosvd = _step("hosvd", layers, batch, eps=0.8)
+    print(_figures("vanilla, all", vanilla), _figures("hosvd 0.8, all", hosvd), sep="\n")
+    assert vanilla.activation_bytes > vanilla.grad_bytes + vanilla.optimizer_bytes
+    assert vanilla.peak_step_bytes > 2 * hosvd.peak_step_bytes
+    assert hosvd.peak_step_bytes > hosvd.peak_forward_bytes  # its backward is tracked too
+
+
+def test_last_4_layers_step_peak_is_the_frozen_forward(batch: tuple) -> None:
+    """Last 4 layers only: the step's peak is the forward's, set by the frozen early layers'
+    temporaries, the same for both methods; what the methods change is the kept activations
+    (and so the budget's quantity, ``training_bytes``), where gradients and momentum, equal for
+    both, then dominate HOSVD's figure."""
+    vanilla = _step("vanilla", 4, batch)
+    hosvd = _step("hosvd", 4, batch, eps=0.8)
+    print(_figures("vanilla, last 4", vanilla), _figures("hosvd 0.8, last 4", hosvd), sep="\n")
+    for report in (vanilla, hosvd):
+        assert report.peak_step_bytes == report.peak_forward_bytes > report.training_bytes
+    assert vanilla.peak_step_bytes == hosvd.peak_step_bytes
+    assert hosvd.activation_bytes < vanilla.activation_bytes / 5
+    assert hosvd.grad_bytes + hosvd.optimizer_bytes > 5 * hosvd.activation_bytes
+
+
+def _cgroup_files(tmp_path, proc_line: str, files: dict[str, str]):
+    tmp_path.mkdir()
+    proc = tmp_path / "cgroup"
+    proc.write_text(f"{proc_line}\n")
+    for name, value in files.items():
+        (tmp_path / "root" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "root" / name).write_text(value)
+    return proc, tmp_path / "root"
+
+
+def test_cgroup_memory_reads_v1_and_v2(tmp_path) -> None:
+    v1 = _cgroup_files(tmp_path / "v1", "4:memory:/edgefed/g/n0", {
+        "memory/edgefed/g/n0/memory.max_usage_in_bytes": "123456\n",
+        "memory/edgefed/g/n0/memory.limit_in_bytes": "268435456\n"})
+    assert cgroup_memory(*v1) == (123456, 268435456)
+    v2 = _cgroup_files(tmp_path / "v2", "0::/docker/abc", {  # its own group at the mount's root
+        "memory.peak": "7000\n", "memory.max": "max\n"})
+    assert cgroup_memory(*v2) == (7000, None)
+    unlimited = _cgroup_files(tmp_path / "v1u", "9:cpu,memory:/", {
+        "memory/memory.max_usage_in_bytes": "5", "memory/memory.limit_in_bytes":
+        "9223372036854771712"})
+    assert cgroup_memory(*unlimited) == (5, None)
+    old_kernel = _cgroup_files(tmp_path / "v2old", "0::/", {"memory.max": "268435456"})
+    assert cgroup_memory(*old_kernel) == (None, 268435456)
+    assert cgroup_memory(tmp_path / "missing", tmp_path) == (None, None)
 
 
 def test_fits_and_format() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,36 @@ def test_cgroup_launcher_joins_the_cgroup_whose_limit_the_kernel_enforces(tmp_pa
     finally:
         procs.remove_cgroup(str(limit.cgroup))
     assert not (procs.CGROUP_ROOT / "edgefed" / f"test-{os.getpid()}").exists()
+
+
+
+def _group(script: str, members: int) -> tuple[subprocess.Popen, list]:
+    """``sh -c script`` as the leader of a new process group, once it has ``members``
+    processes (itself included)."""
+    leader = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while len(tree := procs.process_tree(leader.pid)) < members:
+        assert time.monotonic() < deadline, "the group did not start"
+        time.sleep(0.05)
+    return leader, tree
+
+
+def test_terminate_stops_a_group_that_exits_on_sigterm_without_the_kill() -> None:
+    leader, tree = _group("sleep 60 & sleep 60 & wait", 3)
+    started = time.monotonic()
+    procs.terminate(lambda: tree, timeout=60, group=leader.pid)
+    assert time.monotonic() - started < 60  # did not wait for the SIGKILL deadline
+    assert procs.running(tree) == [] and not procs.group_alive(leader.pid)
+    assert leader.returncode is None or leader.returncode == -signal.SIGTERM
+
+
+def test_terminate_kills_what_ignores_sigterm_after_the_timeout() -> None:
+    leader, tree = _group("trap '' TERM; sleep 60 & sleep 60 & wait", 3)
+    started = time.monotonic()
+    procs.terminate(lambda: procs.process_tree(leader.pid), timeout=1.0, group=leader.pid)
+    assert time.monotonic() - started >= 1.0
+    assert procs.running(tree) == []  # killed; zombies until their new parent reaps them:
+    deadline = time.monotonic() + 30
+    while procs.group_alive(leader.pid):
+        assert time.monotonic() < deadline, "killed members were never reaped"
+        time.sleep(0.1)

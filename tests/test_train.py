@@ -1,5 +1,5 @@
 """Training and evaluation loops, Setup-B pretraining with its checkpoint cache, and the
-centralized Setup-B demo."""
+compression settings' wrap parameters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -149,23 +148,11 @@ def test_no_pretraining_gives_the_seeded_model() -> None:
     ("compression", "params"),
     [
         ({"method": "hosvd", "eps": 0.9}, {"eps": 0.9}),
+        ({"method": "svd", "eps": 0.7}, {"eps": 0.7}),
         ({"method": "asi", "rank": 3}, {"rank": 3}),
         ({"method": "gradfilter", "radius": 4}, {"radius": 4}),
         ({"method": "vanilla"}, {}),
     ],
 )
 def test_wrap_params(compression: dict, params: dict) -> None:
-    assert T.wrap_params(CompressionConfig(**compression)) == params
-
-
-def test_run_centralized_reports_accuracy_and_memory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("EDGEFED_CACHE", str(tmp_path))
-    config = _config(compression={"method": "hosvd", "last_k": 2, "eps": 0.8}, lr=0.02)
-    console = Console(record=True, width=120)
-    result = T.run_centralized(config, finetune_samples=64, test_samples=64, console=console)
-    assert result.fine_tune.steps == 4 and 0 <= result.accuracy_after <= 1
-    assert result.memory.compressed_bytes < result.vanilla_memory.compressed_bytes
-    assert [len(r) for r in result.ranks] == [2, 2]  # two Linear layers: batch and feature modes
-    assert "hosvd vs vanilla" in console.export_text()
+    assert CompressionConfig(**compression).wrap_params() == params

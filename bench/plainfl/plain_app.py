@@ -14,8 +14,9 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 from torch.utils.data import DataLoader
 
-from client.task import client_dataset, experiment, trainable_sgd
+from client.task import client_dataset, trainable_sgd
 from common.compression import trainable_layers
+from common.runconfig import experiment
 from common.train import evaluate, initial_model, pretrain_setup_b, train
 from server.task import test_dataset
 

@@ -1,4 +1,4 @@
-"""Conv2d / Linear subclasses that train through a method of ``methods.py``.
+"""Conv2d / Linear subclasses that train through a :class:`Method` (see ``registry.py``).
 
 They are swapped in place (``module.__class__``, as torch.nn.utils.parametrize does), so the
 module keeps its own ``weight`` / ``bias`` Parameters, hooks and state-dict keys; ``plain``
@@ -8,14 +8,27 @@ plain layer and store nothing.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from .conv import ConvGeometry
-from .methods import GradFilter, TuckerMethod, Vanilla
 
-Method = Vanilla | GradFilter | TuckerMethod
+
+class Method(Protocol):
+    """What a wrapped layer trains through (a registry entry's ``build`` makes one per layer):
+    the layer's output, with what its backward keeps chosen by the method, and a record of
+    what that was at the last forward (``nbytes``, the paper's metric; Tucker ``ranks``)."""
+
+    nbytes: int
+    ranks: list[int]
+
+    def conv2d(self, x: Tensor, weight: Tensor, bias: Tensor | None,
+               g: ConvGeometry) -> Tensor: ...
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor: ...
 
 
 class CompressedConv2d(nn.Conv2d):

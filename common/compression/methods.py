@@ -1,5 +1,6 @@
-"""The five training methods of a wrapped layer; each records what it stored at its last
-forward (``nbytes``, the paper's metric) and, for the Tucker ones, the ranks used."""
+"""The built-in training methods of a wrapped layer (see ``registry.py``); each records what
+it stored at its last forward (``nbytes``, the paper's metric) and, for the Tucker ones, the
+ranks used."""
 
 from __future__ import annotations
 

@@ -8,27 +8,14 @@ registered from the first wrapped layer on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch.nn as nn
 
-from .layers import CompressedConv2d, CompressedLinear, Method
+from .layers import CompressedConv2d, CompressedLinear
 from .lean import LEAN, EvalBatchNorm2d
-from .methods import GradFilter, TuckerMethod, Vanilla
 from .rank import BudgetLedger
-
-METHODS = ("vanilla", "svd", "hosvd", "asi", "gradfilter")
-PARAMS = {
-    "vanilla": (),
-    "svd": ("eps",),
-    "hosvd": ("eps", "rank", "budget_bytes"),
-    "asi": ("eps", "rank", "budget_bytes"),
-    "gradfilter": ("radius",),
-}
-RADII = (2, 4, 7)
-DEFAULT_EPS = 0.8
-DEFAULT_RADIUS = 2
+from .registry import is_int, method_spec
 
 
 def trainable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -53,39 +40,6 @@ def layer_ranks(model: nn.Module) -> list[list[int]]:
     return [list(m.method.ranks) for _, m in wrapped_layers(model)]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_params(method: str, params: dict[str, Any]) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}")
-    allowed = PARAMS[method]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown parameter(s) {unknown} for method={method!r}; allowed: {list(allowed)}"
-        )
-    eps, rank, budget = params.get("eps"), params.get("rank"), params.get("budget_bytes")
-    if eps is not None and not (_is_number(eps) and 0.0 < eps <= 1.0):
-        raise ValueError(f"eps={eps!r} must be a number in (0, 1]")
-    if rank is not None:
-        ranks = rank if isinstance(rank, Sequence) else (rank,)
-        if not ranks or not all(_is_int(k) and k >= 1 for k in ranks):
-            raise ValueError(f"rank={rank!r} must be an int >= 1 or a tuple of ints >= 1")
-        if eps is not None or budget is not None:
-            raise ValueError("rank fixes the ranks: give rank, or eps and/or budget_bytes")
-    if budget is not None and not (_is_int(budget) and budget >= 1):
-        raise ValueError(f"budget_bytes={budget!r} must be an int >= 1")
-    radius = params.get("radius", DEFAULT_RADIUS)
-    if radius not in RADII or not _is_int(radius):
-        raise ValueError(f"radius={radius!r} must be one of {RADII}")
-
-
 def _check_conv(name: str, layer: nn.Module) -> None:
     if isinstance(layer, nn.Conv2d) and (
         isinstance(layer.padding, str) or layer.padding_mode != "zeros"
@@ -94,20 +48,6 @@ def _check_conv(name: str, layer: nn.Module) -> None:
             f"layer {name!r}: padding={layer.padding!r}, padding_mode={layer.padding_mode!r} "
             "is not supported; compressed convs need explicit int zero padding"
         )
-
-
-def _make_method(method: str, params: dict[str, Any], layer: str,
-                 budget: tuple[BudgetLedger, int] | None) -> Method:
-    if method == "vanilla":
-        return Vanilla()
-    if method == "gradfilter":
-        return GradFilter(params.get("radius", DEFAULT_RADIUS))
-    rank = params.get("rank")
-    eps = params.get("eps")
-    if eps is None:
-        eps = 1.0 if budget is not None else DEFAULT_EPS
-    return TuckerMethod(layer=layer, eps=eps, rank=rank, budget=budget,
-                        batch_only=method == "svd", warm_start=method == "asi")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -123,9 +63,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 def wrap_last_layers(model: nn.Module, method: str, last_k: int, **params: Any) -> nn.Module:
     """Train only the last ``last_k`` Conv2d/Linear layers, through ``method``; in place.
 
-    method: "vanilla" (plain torch), "svd" (eps), "hosvd" (eps | rank | budget_bytes, eps
-    and budget_bytes together = eps capped by the budget), "asi" (same; ranks fixed at the
-    first batch, default eps 0.8) or "gradfilter" (radius in 2, 4, 7). ``rank`` is an int for
+    method: a name of ``registry.REGISTRY`` with the parameters its entry takes: "vanilla"
+    (plain torch), "svd" (eps), "hosvd" (eps | rank | budget_bytes, eps and budget_bytes
+    together = eps capped by the budget), "asi" (same; ranks fixed at the first batch,
+    default eps 0.8) or "gradfilter" (radius in 2, 4, 7). ``rank`` is an int for
     every mode (clipped to the mode) or one int per mode. ``budget_bytes`` caps the stored
     bytes of all wrapped layers together (shared out in forward order, see BudgetLedger).
 
@@ -134,15 +75,16 @@ def wrap_last_layers(model: nn.Module, method: str, last_k: int, **params: Any) 
     trainable region become their lean versions (1-bit mask; nothing kept). Wrapped modules
     keep their Parameters and state-dict keys; wrapping again first undoes the last wrap.
     """
-    _check_params(method, params)
+    spec = method_spec(method)
+    spec.check(params)
     layers = trainable_layers(unwrap(model))
-    if not (_is_int(last_k) and 1 <= last_k <= len(layers)):
+    if not (is_int(last_k) and 1 <= last_k <= len(layers)):
         raise ValueError(
             f"last_k={last_k!r} must be an int between 1 and {len(layers)} "
             "(the number of Conv2d/Linear layers)"
         )
     chosen = layers[-last_k:]
-    if method != "vanilla":
+    if spec.lean:
         for name, layer in chosen:
             _check_conv(name, layer)
 
@@ -152,14 +94,14 @@ def wrap_last_layers(model: nn.Module, method: str, last_k: int, **params: Any) 
         region = region or name == chosen[0][0]
         kind = type(module)
         if kind is nn.BatchNorm2d and module.track_running_stats:
-            module.__class__ = LEAN[kind] if region and method != "vanilla" else EvalBatchNorm2d
+            module.__class__ = LEAN[kind] if region and spec.lean else EvalBatchNorm2d
             module.eval()
-        elif kind in LEAN and region and method != "vanilla":
+        elif kind in LEAN and region and spec.lean:
             module.__class__ = LEAN[kind]
 
     ledger = BudgetLedger(params["budget_bytes"], last_k) if "budget_bytes" in params else None
     for index, (name, layer) in enumerate(chosen):
         layer.__class__ = CompressedConv2d if isinstance(layer, nn.Conv2d) else CompressedLinear
-        layer.method = _make_method(method, params, name, ledger and (ledger, index))
+        layer.method = spec.build(params, name, ledger and (ledger, index))
         layer.requires_grad_(True)
     return model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
@@ -16,6 +17,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from common.config import ExperimentConfig
+from common.validate import warm_up
 from server.dashboard import pages
 from server.dashboard.api import experiments, export, meta, runs, stream
 from server.dashboard.broker import Broker
@@ -99,6 +101,7 @@ def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         broker.bind(asyncio.get_running_loop())
+        threading.Thread(target=warm_up, daemon=True, name="warm-validation").start()
         await run_in_threadpool(recover, services)
         services.runner.start()
         for config in launches:

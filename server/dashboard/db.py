@@ -3,7 +3,8 @@
 SQLite (the default) runs in WAL mode with ``synchronous=NORMAL``: readers never block the
 writer, and a committed transaction survives a crash of this process (kill -9). Writers are
 serialised by a lock inside the process, so a read-then-write transaction never meets another
-writer's lock; ``busy_timeout`` covers writers in other processes.
+writer's lock; ``busy_timeout`` covers writers in other processes. Opening a database migrates
+its schema to the newest Alembic revision (``server.dashboard.migrations``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.dashboard.models import Base
+from server.dashboard.migrations import upgrade
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -49,7 +50,7 @@ class Database:
         self._write_lock = threading.Lock()
         self.version = 0  # commits made through this object (read caches key on it)
         self.action_version = 0  # the last commit that was not a streamed event
-        Base.metadata.create_all(self.engine)
+        upgrade(self.engine)  # the schema of models.py, in place for an older database
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -5,14 +5,36 @@ event's ``digest`` (SHA-256 of its JSON) is unique per run, so one re-sent or re
 stored once;
 ``rounds`` and ``clients`` are the same records as queryable rows, one per (run, round) and per
 (run, round, phase, partition), so a re-sent event replaces its row instead of doubling it.
+``clients`` has one column per field of ``common.record.ClientRecord`` (derived, not declared);
+a change of that schema needs an Alembic revision (``server/dashboard/migrations``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
-from sqlalchemy import JSON, ForeignKey, Index, String, Text, UniqueConstraint
+from annotated_types import MaxLen
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeEngine
+
+from common.record import ClientRecord
 
 ACTIVE = ("queued", "running")
 
@@ -64,7 +86,7 @@ class Run(Base):
 class EventRow(Base):
     __tablename__ = "events"
     __table_args__ = (Index("ix_events_run_id_id", "run_id", "id"),
-                      UniqueConstraint("run_id", "digest"))
+                      UniqueConstraint("run_id", "digest", name="uq_events_run_id_digest"))
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -86,31 +108,45 @@ class RoundRow(Base):
     num_failed: Mapped[int]
 
 
-class ClientRow(Base):
-    __tablename__ = "clients"
-    __table_args__ = (UniqueConstraint("run_id", "round", "phase", "partition_id"),)
+def _nullable(annotation: object) -> bool:
+    return get_origin(annotation) in (Union, UnionType) and type(None) in get_args(annotation)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
-    round: Mapped[int]
-    phase: Mapped[str] = mapped_column(String(10))
-    node_id: Mapped[str] = mapped_column(String(20))  # Flower node ids are uint64
-    partition_id: Mapped[int]
-    device: Mapped[str] = mapped_column(String(100))
-    status: Mapped[str] = mapped_column(String(10))
-    reason: Mapped[str] = mapped_column(Text, default="")
-    num_examples: Mapped[int] = mapped_column(default=0)
-    train_loss: Mapped[float | None]
-    accuracy: Mapped[float | None]
-    activation_bytes: Mapped[int | None]
-    compressed_bytes: Mapped[int | None]
-    peak_bytes: Mapped[int | None]
-    total_bytes: Mapped[int | None]
-    budget_bytes: Mapped[int | None]
-    method: Mapped[str | None] = mapped_column(String(20))
-    last_k: Mapped[int | None]
-    eps: Mapped[float | None]
-    ranks: Mapped[Any | None] = mapped_column(JSON)
-    batch_size: Mapped[int | None]
-    wall_s: Mapped[float | None]
-    sim_time_s: Mapped[float | None]
+
+def _sql_type(name: str, field: FieldInfo) -> TypeEngine:
+    """The column type of a record field: ints are 64-bit, strings bounded by their
+    ``max_length`` (a Literal by its longest value), lists JSON."""
+    kinds = [t for t in get_args(field.annotation) if t is not type(None)] if _nullable(
+        field.annotation) else [field.annotation]
+    kind = kinds[0]
+    if len(kinds) == 1 and get_origin(kind) is Literal:
+        return String(max(len(v) for v in get_args(kind)))
+    if len(kinds) == 1 and get_origin(kind) in (list, dict):
+        return JSON()
+    if kinds == [str]:
+        lengths = [m.max_length for m in field.metadata if isinstance(m, MaxLen)]
+        return String(lengths[0]) if lengths else Text()
+    scalar = {int: BigInteger, float: Double, bool: Boolean}
+    if len(kinds) == 1 and kind in scalar:
+        return scalar[kind]()
+    raise TypeError(f"{name}: no column type for {field.annotation} (give one in types)")
+
+
+def record_columns(record: type[BaseModel], types: dict[str, TypeEngine]) -> list[Column]:
+    """One column per field of ``record``, in field order: its type derived from the
+    annotation (or given in ``types``), nullable where the field admits None."""
+    return [Column(name, types[name] if name in types else _sql_type(name, field),
+                   nullable=_nullable(field.annotation))
+            for name, field in record.model_fields.items()]
+
+
+class ClientRow(Base):
+    """The ``ClientRecord`` of each (run, round, phase, partition): one column per field."""
+
+    __table__ = Table(
+        "clients", Base.metadata,
+        Column("id", Integer, primary_key=True),
+        Column("run_id", ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+        # Flower node ids are uint64, beyond a signed BIGINT: stored as text
+        *record_columns(ClientRecord, {"node_id": String(20)}),
+        UniqueConstraint("run_id", "round", "phase", "partition_id"),
+    )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from statistics import fmean
+from typing import get_args
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from common.config import ExperimentConfig
-from common.events import ClientResult, RoundResult
+from common.events import RoundResult
+from common.record import ClientRecord
 from server.dashboard.models import ClientRow, Experiment, RoundRow, Run
 from server.dashboard.schemas import ExperimentOut, MemoryMetric, RunOut, RunSummary
 from server.dashboard.store import NotFound
@@ -47,7 +49,7 @@ def list_runs(session: Session, limit: int, offset: int, status: str | None = No
     return list(session.scalars(query.limit(limit).offset(offset)))
 
 
-CLIENT_FIELDS = tuple(ClientResult.model_fields)
+CLIENT_FIELDS = tuple(ClientRecord.model_fields)
 ROUND_FIELDS = tuple(RoundResult.model_fields)
 
 
@@ -65,7 +67,7 @@ def round_rows(session: Session, run_id: str | None = None, *, with_run_id: bool
 
 def client_rows(session: Session, run_id: str | None = None, round: int | None = None,
                 phase: str | None = None, *, with_run_id: bool = False) -> list[dict]:
-    """Per-client results as plain dicts (``ClientResult`` fields), by run, round, client."""
+    """Per-client records as plain dicts (``ClientRecord`` fields), by run, round, client."""
     table = ClientRow.__table__
     query = select(table.c.run_id, *(table.c[f] for f in CLIENT_FIELDS))
     for column, value in (("run_id", run_id), ("round", round), ("phase", phase)):
@@ -97,8 +99,8 @@ def summarize(session: Session, run: Run, memory: MemoryMetric) -> RunSummary:
     counts = {status: sum(c["status"] == status for c in clients)
               for status in ("ok", "oom", "dropped", "error")}
     means = {f"{m}_bytes_mean": _mean([c[f"{m}_bytes"] for c in ok])
-             for m in ("peak", "activation", "compressed", "total")}
-    peaks = [c["peak_bytes"] for c in ok if c["peak_bytes"] is not None]
+             for m in get_args(MemoryMetric)}
+    peaks = [c["peak_step_bytes"] for c in ok if c["peak_step_bytes"] is not None]
     return RunSummary(
         run_id=run.id, experiment_id=run.experiment_id, experiment_name=run.experiment.name,
         status=run.status, method=config.compression.method, policy=config.policy,
@@ -106,7 +108,7 @@ def summarize(session: Session, run: Run, memory: MemoryMetric) -> RunSummary:
         initial_accuracy=next((r["accuracy"] for r in rounds if r["round"] == 0), None),
         final_accuracy=rounds[-1]["accuracy"] if rounds else None,
         best_accuracy=max((r["accuracy"] for r in rounds), default=None),
-        peak_bytes_max=max(peaks, default=None), **means,
+        peak_step_bytes_max=max(peaks, default=None), **means,
         num_ok=counts["ok"], num_oom=counts["oom"], num_dropped=counts["dropped"],
         num_error=counts["error"], memory_bytes=means[f"{memory}_bytes_mean"], pareto=False,
     )

@@ -30,7 +30,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -39,61 +39,19 @@ from server.dashboard.models import Run
 from server.dashboard.recovery import EventFile
 from server.dashboard.settings import Settings
 from server.dashboard.store import RunLog
+from server.procs import (
+    POLL_S,
+    group_alive,
+    process_tree,
+    running,
+    signal_all,
+    signal_group,
+    terminate,
+)
 
 log = logging.getLogger(__name__)
-POLL_S = 0.1
 TREE_EVERY = 10  # polls between two looks at the run's process tree (and its events file)
 TOKEN_ENV = "EDGEFED_REPORT_TOKEN"
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def process_tree(pid: int) -> list[psutil.Process]:
-    """``pid`` and its descendants (which may have left its group: Flower's own sessions)."""
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def running(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
-    """Those still running: same pid *and* start time (psutil's check), not zombies."""
-    alive = []
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(proc)
-    return alive
-
-
-def signal_all(pgid: int, procs: Iterable[psutil.Process], sig: signal.Signals) -> None:
-    signal_group(pgid, sig)
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(sig)
-
-
-def stop_processes(pgid: int, procs: list[psutil.Process], timeout_s: float) -> None:
-    """SIGTERM the group and ``procs``; SIGKILL whatever is left after ``timeout_s``."""
-    signal_all(pgid, procs, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while (group_alive(pgid) or running(procs)) and time.monotonic() < deadline:
-        time.sleep(POLL_S)
-    signal_all(pgid, running(procs), signal.SIGKILL)
 
 
 def run_process(run_id: str, pid: int | None) -> psutil.Process | None:
@@ -318,7 +276,7 @@ class Runner:
         code = self._wait(run_id, proc, known, events)
         leftovers = running(known.values())
         if leftovers or group_alive(proc.pid):
-            stop_processes(proc.pid, leftovers, self.settings.cancel_timeout_s)
+            terminate(lambda: running(leftovers), self.settings.cancel_timeout_s, group=proc.pid)
         events = events or self.events_file(run_id)
         with self._cond:
             stopping = self._stopping
@@ -349,7 +307,7 @@ class Runner:
                     if self._stopping and since is None:
                         since = self._cancel_at[run_id] = time.monotonic()
                 if since is not None and time.monotonic() - since > self.settings.cancel_timeout_s:
-                    signal_all(proc.pid, running(known.values()), signal.SIGKILL)
+                    signal_all(running(known.values()), signal.SIGKILL, group=proc.pid)
 
     def _finish(self, run_id: str, code: int | None, log_path: Path) -> None:
         with self._cond:

@@ -1,5 +1,5 @@
 """API models. Requests reuse the CLI's schema (``ExperimentConfig``) and the ServerApp's records
-(``Event``, ``ClientResult``, ``RoundResult``); these are the dashboard's own additions."""
+(``Event``, ``ClientRecord``, ``RoundResult``); these are the dashboard's own additions."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.config import Engine, ExperimentConfig
 from common.devices import DeviceProfile
-from common.events import ClientResult, RoundResult, RunStatus
+from common.events import RoundResult, RunStatus
+from common.record import ClientRecord
 
-MemoryMetric = Literal["peak", "activation", "compressed", "total"]
+# per-client memory quantities a comparison can put on its axis (``<metric>_bytes`` of the
+# record); the default, activations kept, is what the compression methods change
+MemoryMetric = Literal["activation", "training", "peak_step", "compressed", "peak_forward",
+                       "total"]
 RUN_ID_PATTERN = r"^[A-Za-z0-9_\-]{1,64}$"
 
 
@@ -54,7 +58,7 @@ class RunDetail(BaseModel):
     run: RunOut
     config: ExperimentConfig
     rounds: list[RoundResult]
-    clients: list[ClientResult]
+    clients: list[ClientRecord]
 
 
 class AttachedRun(BaseModel):
@@ -82,10 +86,12 @@ class RunSummary(BaseModel):
     initial_accuracy: float | None
     final_accuracy: float | None
     best_accuracy: float | None
-    peak_bytes_mean: float | None
-    peak_bytes_max: int | None
     activation_bytes_mean: float | None
+    training_bytes_mean: float | None
     compressed_bytes_mean: float | None
+    peak_step_bytes_mean: float | None
+    peak_step_bytes_max: int | None
+    peak_forward_bytes_mean: float | None
     total_bytes_mean: float | None
     num_ok: int
     num_oom: int
@@ -103,6 +109,22 @@ class Comparison(BaseModel):
 class Catalogue(BaseModel):
     profiles: list[DeviceProfile]
     fleets: dict[str, dict[str, int]]
+
+
+class MethodParam(BaseModel):
+    """A parameter of a compression method and the values it accepts."""
+
+    name: str
+    rule: str
+
+
+class MethodInfo(BaseModel):
+    """One entry of the method registry (``common.compression.registry``)."""
+
+    name: str
+    summary: str
+    params: list[MethodParam]
+    cheaper: list[str] = Field(description="the planner's fallbacks, in order")
 
 
 class Info(BaseModel):

@@ -16,10 +16,12 @@ from contextlib import contextmanager
 from functools import cache
 
 from sqlalchemy import Row, Table, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from common.config import Engine, ExperimentConfig
-from common.events import ClientResult, Event, RunState, RunStatus
+from common.events import Event, RunState, RunStatus
+from common.record import ClientRecord
 from server.dashboard.broker import Broker, FeedEvent
 from server.dashboard.db import Database
 from server.dashboard.models import ACTIVE, ClientRow, EventRow, Experiment, RoundRow, Run
@@ -37,11 +39,11 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def client_key(result: ClientResult) -> dict:
+def client_key(result: ClientRecord) -> dict:
     return {"round": result.round, "phase": result.phase, "partition_id": result.partition_id}
 
 
-def client_row_values(result: ClientResult) -> dict:
+def client_row_values(result: ClientRecord) -> dict:
     return {**result.model_dump(), "node_id": str(result.node_id)}
 
 
@@ -168,10 +170,16 @@ class RunLog:
 
     @staticmethod
     def _upsert(session: Session, table: type, run_id: str, key: dict, values: dict) -> None:
-        """UPDATE the row with this key, INSERT it if there was none (portable upsert)."""
-        update_row, insert_row = _upsert_statements(table.__table__, tuple(key), tuple(values))
-        params = {"k_run_id": run_id, **_params("k_", key), **_params("v_", values)}
+        """Insert the row, or update the one with this key: the dialect's ``INSERT .. ON
+        CONFLICT DO UPDATE`` (SQLite, PostgreSQL), else UPDATE and INSERT if nothing matched."""
         connection = session.connection()
+        params = {"k_run_id": run_id, **_params("k_", key), **_params("v_", values)}
+        dialect = connection.dialect.name
+        if dialect in NATIVE_UPSERT:
+            connection.execute(_native_upsert(dialect, table.__table__, tuple(key),
+                                              tuple(values)), params)
+            return
+        update_row, insert_row = _upsert_statements(table.__table__, tuple(key), tuple(values))
         if connection.execute(update_row, params).rowcount == 0:
             connection.execute(insert_row, params)
 
@@ -218,6 +226,18 @@ def _params(prefix: str, values: dict) -> dict:
 def _run_update(columns: tuple[str, ...]):
     return update(_RUNS).where(_RUNS.c.id == bindparam("k_id")).values(
         {c: bindparam(f"v_{c}") for c in columns})
+
+
+NATIVE_UPSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+@cache
+def _native_upsert(dialect: str, table: Table, key: tuple[str, ...], columns: tuple[str, ...]):
+    """INSERT .. ON CONFLICT (run_id, *key) DO UPDATE SET every column to the new value."""
+    row = NATIVE_UPSERT[dialect](table).values(
+        {"run_id": bindparam("k_run_id"), **{c: bindparam(f"v_{c}") for c in columns}})
+    return row.on_conflict_do_update(index_elements=["run_id", *key],
+                                     set_={c: row.excluded[c] for c in columns})
 
 
 @cache

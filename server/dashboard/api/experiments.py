@@ -26,8 +26,12 @@ from server.dashboard.validation import checked_config
 
 router = APIRouter(prefix="/api/experiments", tags=["experiments"], responses=PROBLEMS)
 CheckedConfig = Annotated[ExperimentConfig, Depends(checked_config)]
-CONFIG_BODY = {"requestBody": {"required": True, "content": {"application/json": {  # documented:
-    "schema": {"$ref": "#/components/schemas/ExperimentConfig"}}}}}  # checked_config reads it
+CONFIG_BODY = {  # what checked_config reads and answers, for the OpenAPI document
+    "requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ExperimentConfig"}}}},
+    "responses": {"422": {"description": "Every problem of the config, one error each", "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}}},
+}
 Launch = Annotated[LaunchRequest | None, Body()]
 
 

@@ -1,4 +1,5 @@
-"""Server facts, the device catalogue (for the form's device-mix editor), run comparison."""
+"""Server facts, the method registry and the device catalogue (for the experiment form and
+the comparison chart), run comparison."""
 
 from __future__ import annotations
 
@@ -8,12 +9,21 @@ from typing import Annotated, Any, get_args
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import StringConstraints
 
+from common.compression.registry import REGISTRY
 from common.config import Engine, ExperimentConfig
 from common.devices import load_catalogue
 from server.dashboard.cache import cached_json
 from server.dashboard.deps import PROBLEMS, ServicesDep
 from server.dashboard.queries import compare
-from server.dashboard.schemas import RUN_ID_PATTERN, Catalogue, Comparison, Info, MemoryMetric
+from server.dashboard.schemas import (
+    RUN_ID_PATTERN,
+    Catalogue,
+    Comparison,
+    Info,
+    MemoryMetric,
+    MethodInfo,
+    MethodParam,
+)
 
 router = APIRouter(prefix="/api", tags=["meta"], responses=PROBLEMS)
 RunIdText = Annotated[str, StringConstraints(pattern=RUN_ID_PATTERN)]
@@ -39,6 +49,14 @@ def experiment_schema() -> dict[str, Any]:
     return ExperimentConfig.model_json_schema()
 
 
+@router.get("/methods")
+def methods() -> list[MethodInfo]:
+    """The compression methods, in registry order, with their parameters."""
+    return [MethodInfo(name=spec.name, summary=spec.summary, cheaper=list(spec.cheaper),
+                       params=[MethodParam(name=p.name, rule=p.rule) for p in spec.params])
+            for spec in REGISTRY.values()]
+
+
 @router.get("/devices")
 def devices() -> Catalogue:
     catalogue = load_catalogue()
@@ -50,7 +68,7 @@ async def compare_runs(
     request: Request, services: ServicesDep,
     run: Annotated[list[RunIdText] | None,
                    Query(max_length=50, description="run ids; none: the latest 200 runs")] = None,
-    memory: MemoryMetric = "peak",
+    memory: MemoryMetric = "activation",
     finished_only: Annotated[bool, Query(
         description="only finished runs can be on the front (default)")] = True,
 ) -> Response:

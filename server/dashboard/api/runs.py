@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from common.events import ClientResult, Event, RoundResult, RunStatus
+from common.events import Event, RoundResult, RunStatus
+from common.record import ClientRecord
 from server.dashboard.cache import cached_json
 from server.dashboard.deps import (
     PROBLEMS,
@@ -59,7 +60,7 @@ async def read_rounds(run_id: RunId, request: Request, services: ServicesDep) ->
     return await cached_json(request, build)
 
 
-@router.get("/{run_id}/clients", response_model=list[ClientResult])
+@router.get("/{run_id}/clients", response_model=list[ClientRecord])
 async def read_clients(
     run_id: RunId, request: Request, services: ServicesDep, round: Round = None,
     phase: Literal["train", "evaluate"] | None = None,

@@ -1,4 +1,4 @@
-// Small SVG charts: line, bars against a budget (log scale), heatmap, scatter with a front.
+// Small SVG charts: line, stacked bars against a budget, heatmap, scatter with a front.
 const NS = "http://www.w3.org/2000/svg";
 const M = { top: 12, right: 16, bottom: 36, left: 64 };
 
@@ -92,42 +92,50 @@ export function lineChart(container, series, opts = {}) {
   }
 }
 
-// items: [{label, value, budget, color, title}]: bars (log scale) with a budget tick each.
+// items: [{label, segments: [{value, color}], over, missing, missingColor, title}], values in
+// units of a budget (1 = the budget, one dashed line): one stacked bar per item, in a group
+// g.client (g.client.over when the item is over its budget); an item without segments shows
+// its ``missing`` text instead.
 export function budgetBars(container, items, opts = {}) {
   const width = 460; const height = 260;
   const svg = frame(container, width, height);
-  const values = items.flatMap((it) => [it.value, it.budget]).filter((v) => v > 0);
-  const y = log2([Math.min(...values, 1024) / 2, Math.max(...values, 2048) * 1.5],
-    [height - M.bottom, M.top]);
+  const totals = items.map((it) => it.segments.reduce((sum, seg) => sum + seg.value, 0));
+  const y = linear([0, Math.max(1.25, ...totals) * 1.05], [height - M.bottom, M.top]);
   const band = (width - M.left - M.right) / Math.max(items.length, 1);
   const x = (i) => M.left + band * i + band / 2;
   const labelEvery = Math.ceil(items.length / 20);
-  axes(svg, x, y, { width, height, xTicks: [], yTicks: y.ticks(6), xFormat: String,
+  axes(svg, x, y, { width, height, xTicks: [], yTicks: y.ticks(5), xFormat: String,
     yFormat: opts.yFormat || String, xLabel: opts.xLabel, yLabel: opts.yLabel });
+  const w = Math.max(2, band * 0.7);
   items.forEach((it, i) => {
-    const w = Math.max(2, band * 0.7);
-    if (it.value > 0) {
-      svg.append(titled(s("rect", { x: x(i) - w / 2, y: y(it.value), width: w,
-        height: height - M.bottom - y(it.value), fill: it.color, class: "bar" }), it.title));
+    const group = titled(s("g", { class: it.over ? "client over" : "client",
+      "data-label": it.label }), it.title);
+    let base = 0;
+    for (const seg of it.segments) {
+      if (seg.value > 0) {
+        group.append(s("rect", { x: x(i) - w / 2, y: y(base + seg.value), width: w,
+          height: y(base) - y(base + seg.value), fill: seg.color, class: "bar" }));
+      }
+      base += seg.value;
     }
-    if (!(it.value > 0) && it.missing) {  // OOM, DROPPED...: upright, or a mark when narrow
+    if (!totals[i] && it.missing) {  // OOM, DROPPED...: upright, or a mark when bars are narrow
       const bottom = height - M.bottom - 4;
-      svg.append(titled(band >= 13
+      const color = it.missingColor || "#667085";
+      group.append(band >= 13
         ? s("text", { x: x(i) + 4, y: bottom, transform: `rotate(-90 ${x(i) + 4} ${bottom})`,
-          fill: it.color, class: "missing" }, it.missing)
-        : s("rect", { x: x(i) - w / 2, y: bottom - 8, width: w, height: 8, fill: it.color,
-          class: "missing" }), it.title));
+          fill: color, class: "missing" }, it.missing)
+        : s("rect", { x: x(i) - w / 2, y: bottom - 8, width: w, height: 8, fill: color,
+          class: "missing" }));
     }
-    if (it.budget > 0) {
-      svg.append(titled(s("line", { x1: x(i) - w / 2 - 2, x2: x(i) + w / 2 + 2, y1: y(it.budget),
-        y2: y(it.budget), stroke: "#1d2433", "stroke-width": 2, class: "budget" }),
-      `budget ${opts.yFormat ? opts.yFormat(it.budget) : it.budget}`));
-    }
+    svg.append(group);
     if (i % labelEvery === 0) {
       svg.append(s("text", { x: x(i), y: height - M.bottom + 14, "text-anchor": "middle" },
         it.label));
     }
   });
+  svg.append(titled(s("line", { x1: M.left, x2: width - M.right, y1: y(1), y2: y(1),
+    stroke: "#1d2433", "stroke-width": 1.5, "stroke-dasharray": "6 3", class: "budget" }),
+  "budget"));
 }
 
 // rows x cols grid; cell(r, c) -> {color, title} or null (no reply that round). Past

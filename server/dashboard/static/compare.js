@@ -5,11 +5,18 @@ import { api, badge, bytes, el, fail, header, notify, pct } from "/static/api.js
 import { scatter } from "/static/charts.js";
 
 const main = document.getElementById("main");
-const METHOD_COLORS = { vanilla: "#667085", svd: "#f79009", hosvd: "#2f6fdf", asi: "#12b76a",
-  gradfilter: "#9b4dca" };
+// colours by registry order (GET /api/methods); the method list itself lives in the registry
+const PALETTE = ["#667085", "#f79009", "#2f6fdf", "#12b76a", "#9b4dca", "#d92d20", "#0e9384",
+  "#c11574"];
+let METHOD_COLORS = {};
 const params = new URLSearchParams(location.search);
 let selected = new Set(params.getAll("run"));
-let memory = params.get("memory") || "peak";
+// memory axes (the record's <metric>_bytes, mean per client); the default is what the
+// compression methods change, the whole step's measured peak one choice away
+const MEMORY = { activation: "activations kept", training: "training (the budget's quantity)",
+  peak_step: "whole-step peak (measured)", compressed: "compressed (paper's metric)",
+  peak_forward: "forward peak", total: "total with weights" };
+let memory = params.get("memory") || "activation";
 let unfinished = params.get("unfinished") === "1";
 
 // The shortest run-id prefix (at least 8 characters) that tells every run apart.
@@ -34,14 +41,15 @@ async function render() {
   const short = shortIds(all.map((r) => r.run_id).concat(chosen.map((r) => r.run_id)));
   const redraw = () => render().catch(notify);
   const metric = el("select", { id: "memory-metric", onchange: (e) => { memory = e.target.value; redraw(); } },
-    ...["peak", "activation", "compressed", "total"].map((m) =>
-      el("option", { value: m, selected: m === memory }, `${m} bytes (mean per client)`)));
+    ...Object.entries(MEMORY).map(([m, label]) =>
+      el("option", { value: m, selected: m === memory }, `${label}, mean per client`)));
   const include = el("label", {}, el("input", { type: "checkbox", id: "include-unfinished",
     checked: unfinished, onchange: (e) => { unfinished = e.target.checked; redraw(); } }),
   " include unfinished runs (failed, interrupted, running…)");
   const toggle = (id) => (e) => { if (e.target.checked) selected.add(id); else selected.delete(id); redraw(); };
   const head = ["", "run", "experiment", "status", "method", "policy", "rounds", "start acc.",
-    "final acc.", "best acc.", "peak mean", "peak max", "activation", "compressed", "total",
+    "final acc.", "best acc.", "activations", "training", "compressed", "step peak",
+    "step peak max", "total",
     "ok", "oom", "dropped", "error", "Pareto"];
   const rows = all.map((r) => el("tr", {},
     el("td", {}, el("input", { type: "checkbox", checked: selected.has(r.run_id), onchange: toggle(r.run_id) })),
@@ -49,8 +57,9 @@ async function render() {
     el("td", {}, r.experiment_name), el("td", {}, badge(r.status)), el("td", {}, r.method),
     el("td", {}, r.policy), el("td", { class: "num" }, String(r.rounds_done)),
     ...[r.initial_accuracy, r.final_accuracy, r.best_accuracy].map((a) => el("td", { class: "num" }, pct(a))),
-    ...[r.peak_bytes_mean, r.peak_bytes_max, r.activation_bytes_mean, r.compressed_bytes_mean,
-      r.total_bytes_mean].map((b) => el("td", { class: "num" }, bytes(b))),
+    ...[r.activation_bytes_mean, r.training_bytes_mean, r.compressed_bytes_mean,
+      r.peak_step_bytes_mean, r.peak_step_bytes_max, r.total_bytes_mean].map((b) =>
+      el("td", { class: "num" }, bytes(b))),
     ...[r.num_ok, r.num_oom, r.num_dropped, r.num_error].map((n) => el("td", { class: "num" }, String(n))),
     el("td", {}, selected.has(r.run_id) && chosen.find((c) => c.run_id === r.run_id)?.pareto ? "yes" : "")));
   main.replaceChildren(el("h1", {}, "Compare runs"),
@@ -67,9 +76,12 @@ async function render() {
     front: r.pareto, color: METHOD_COLORS[r.method], label: `${r.experiment_name} · ${short(r.run_id)}`,
     title: `${r.experiment_name} run ${r.run_id} (${r.method}, ${r.status}): `
       + `${bytes(r.memory_bytes)}, ${pct(r.final_accuracy)}` })),
-  { xFormat: bytes, yFormat: pct, xLabel: `${memory} bytes per client (mean, log scale)`,
+  { xFormat: bytes, yFormat: pct, xLabel: `${MEMORY[memory]} per client (mean, log scale)`,
     yLabel: "final accuracy" });
 }
 
 header();
-render().catch((error) => fail(error));
+api("/api/methods").then((methods) => {
+  METHOD_COLORS = Object.fromEntries(methods.map((m, i) => [m.name, PALETTE[i % PALETTE.length]]));
+  return render();
+}).catch((error) => fail(error));

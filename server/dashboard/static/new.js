@@ -1,7 +1,7 @@
 // New-experiment form, generated from the experiment schema (/api/schema/experiment) so that
 // every field is there; the fleet gets a device-mix editor fed by the device catalogue. The
-// server validates as you type (/api/experiments/validate) and each 422 error is shown beside
-// the field its location names.
+// server validates as you type (/api/experiments/validate, the CLI's checks: every wrong field
+// at once) and each 422 error is shown beside the field its location names.
 import { api, ApiError, bytes, el, header } from "/static/api.js";
 
 const main = document.getElementById("main");
@@ -170,8 +170,10 @@ function showErrors(detail) {
         target = document.getElementById(`err-${idOf(path)}`);
       }
     }
+    // no input for it (an unknown field, a syntax error): the form-wide list, field named
+    const named = target ? error.msg : [loc.join("."), error.msg].filter(Boolean).join(": ");
     target ??= document.getElementById("form-error");
-    target.textContent = [target.textContent, error.msg].filter(Boolean).join("; ");
+    target.textContent = [target.textContent, named].filter(Boolean).join("; ");
   }
 }
 
@@ -203,7 +205,25 @@ async function submit(event) {
   }
 }
 
+// What the chosen compression method keeps and which parameters it reads (GET /api/methods).
+function methodHelp(methods) {
+  const select = document.querySelector('[data-path="compression.method"]');
+  if (!select) return;
+  const help = el("small", { id: "method-help" });
+  const show = () => {
+    const m = methods[select.value];
+    help.textContent = m ? `${m.summary}; reads ${m.params.map((p) => p.name).join(", ")
+      || "no parameter"}` : "";
+  };
+  select.after(help);
+  select.addEventListener("change", show);
+  show();
+}
+
 header();
-[schema, catalogue] = await Promise.all([api("/api/schema/experiment"), api("/api/devices")]);
+let methods;
+[schema, catalogue, methods] = await Promise.all([api("/api/schema/experiment"),
+  api("/api/devices"), api("/api/methods")]);
 catalogue.profiles = Object.fromEntries(catalogue.profiles.map((p) => [p.name, p]));
 build();
+methodHelp(Object.fromEntries(methods.map((m) => [m.name, m])));

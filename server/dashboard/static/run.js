@@ -5,7 +5,13 @@ import { budgetBars, heatmap, lineChart } from "/static/charts.js";
 
 const runId = decodeURIComponent(location.pathname.split("/").pop());
 const main = document.getElementById("main");
-const COLORS = { oom: "#d92d20", dropped: "#b8bec8", error: "#9b4dca" };
+const COLORS = { oom: "#dc6803", dropped: "#b8bec8", error: "#9b4dca" };
+// The memory chart: a device's budget constrains training_bytes = activations kept + gradients
+// + optimizer state, drawn stacked as shares of the budget; red means over budget, nothing else.
+const COMPONENTS = [["activations kept", "activation_bytes"], ["gradients", "grad_bytes"],
+  ["optimizer state", "optimizer_bytes"]];
+const UNDER = ["#2f6fdf", "#7aa5f0", "#b9cff7"];
+const OVER = ["#d92d20", "#e8706a", "#f2aca8"];
 let run; let config;
 const rounds = new Map();
 const clients = new Map();
@@ -36,6 +42,26 @@ function cellColor(c) {
   return c.accuracy == null ? "#53b77c" : `hsl(145, 55%, ${88 - 55 * c.accuracy}%)`;
 }
 
+const overBudget = (c) => c.training_bytes != null && c.budget_bytes != null
+  && c.training_bytes > c.budget_bytes;
+
+function memoryBar(c) {
+  const over = overBudget(c);
+  const measured = c.status === "ok" && c.training_bytes != null && c.budget_bytes > 0;
+  const parts = COMPONENTS.map(([name, field]) => `${name} ${bytes(c[field])}`).join(", ");
+  return {
+    label: String(c.partition_id), over,
+    segments: measured ? COMPONENTS.map(([, field], i) => ({
+      value: (c[field] ?? 0) / c.budget_bytes, color: (over ? OVER : UNDER)[i] })) : [],
+    missing: c.status === "ok" ? "n/a" : c.status.toUpperCase(),
+    missingColor: COLORS[c.status],
+    title: `client ${c.partition_id} (${c.device}), round ${c.round}: ${c.status}`
+      + (measured ? `, training ${bytes(c.training_bytes)} of budget ${bytes(c.budget_bytes)}`
+        + `${over ? " (over budget)" : ""}: ${parts}; whole-step peak ${bytes(c.peak_step_bytes)}`
+        : "") + (c.reason ? ` — ${c.reason}` : ""),
+  };
+}
+
 function skeleton() {
   const cancel = el("button", { id: "cancel", class: "danger", onclick: async () => {
     try { await api(`/api/runs/${runId}/cancel`, { method: "POST" }); } catch (e) { notify(e); }
@@ -53,11 +79,12 @@ function skeleton() {
     el("div", { class: "grid" },
       el("div", { class: "card" }, el("h2", {}, "Global test accuracy per round"),
         el("div", { id: "chart-accuracy" })),
-      el("div", { class: "card" }, el("h2", {}, "Measured peak memory vs budget (latest round)"),
+      el("div", { class: "card" }, el("h2", {}, "Training memory vs budget (latest round)"),
         el("div", { id: "chart-memory" }),
-        el("div", { class: "legend" }, el("span", {}, el("i", { style: "background:#2f6fdf" }),
-          "peak"), el("span", {}, el("i", { style: "background:#1d2433;height:3px" }), "budget"),
-        el("span", {}, el("i", { style: "background:#d92d20" }), "over budget / OOM"))),
+        el("div", { class: "legend" },
+          ...COMPONENTS.map(([name], i) => el("span", {}, el("i", { style: `background:${UNDER[i]}` }), name)),
+          el("span", {}, el("i", { style: "background:#1d2433;height:2px" }), "budget"),
+          el("span", {}, el("i", { style: `background:${OVER[0]}` }), "over budget"))),
       el("div", { class: "card" }, el("h2", {}, "Clients × rounds"), el("div", { id: "chart-heatmap" }),
         el("div", { class: "legend" },
           el("span", {}, el("i", { style: "background:hsl(145,55%,60%)" }), "ok (darker: higher accuracy)"),
@@ -91,14 +118,8 @@ function renderCharts() {
   lineChart(document.getElementById("chart-accuracy"), [
     { name: "accuracy", color: "#2f6fdf", points: points.map((r) => [r.round, r.accuracy]) },
   ], { yDomain: [0, 1], yFormat: pct, xLabel: "round", yLabel: "accuracy" });
-  budgetBars(document.getElementById("chart-memory"), latestPerClient().map((c) => ({
-    label: String(c.partition_id), value: c.peak_bytes, budget: c.budget_bytes,
-    missing: c.status === "ok" ? "" : c.status.toUpperCase(),
-    color: c.status !== "ok" || (c.budget_bytes && c.peak_bytes > c.budget_bytes)
-      ? COLORS.oom : "#2f6fdf",
-    title: `client ${c.partition_id} (${c.device}), round ${c.round}: ${c.status}, peak `
-      + `${bytes(c.peak_bytes)} of ${bytes(c.budget_bytes)}${c.reason ? ` — ${c.reason}` : ""}`,
-  })), { yFormat: bytes, xLabel: "client" });
+  budgetBars(document.getElementById("chart-memory"), latestPerClient().map(memoryBar),
+    { yFormat: pct, xLabel: "client", yLabel: "share of training budget" });
   const ids = [...Array(numClients()).keys()];
   const cols = [...Array(config.rounds).keys()].map((i) => i + 1);
   heatmap(document.getElementById("chart-heatmap"), ids, cols, (p, r) => {
@@ -111,9 +132,11 @@ function renderCharts() {
 const COLUMNS = [
   ["client", (c) => c.partition_id, "num"], ["device", (c) => c.device],
   ["round", (c) => c.round, "num"], ["status", (c) => el("span", { class: `status-${c.status}` }, c.status)],
-  ["budget", (c) => bytes(c.budget_bytes), "num"], ["peak", (c) => bytes(c.peak_bytes), "num"],
-  ["activation", (c) => bytes(c.activation_bytes), "num"],
-  ["compressed", (c) => bytes(c.compressed_bytes), "num"], ["total", (c) => bytes(c.total_bytes), "num"],
+  ["budget", (c) => bytes(c.budget_bytes), "num"], ["training", (c) => bytes(c.training_bytes), "num"],
+  ["activations", (c) => bytes(c.activation_bytes), "num"], ["gradients", (c) => bytes(c.grad_bytes), "num"],
+  ["optimizer", (c) => bytes(c.optimizer_bytes), "num"], ["compressed", (c) => bytes(c.compressed_bytes), "num"],
+  ["step peak", (c) => bytes(c.peak_step_bytes), "num"], ["total", (c) => bytes(c.total_bytes), "num"],
+  ["cgroup peak", (c) => bytes(c.rss_peak_bytes), "num"], ["cgroup limit", (c) => bytes(c.memory_limit_bytes), "num"],
   ["method", (c) => c.method ?? ""], ["last_k", (c) => c.last_k ?? "", "num"],
   ["eps", (c) => num(c.eps), "num"], ["ranks", (c) => (c.ranks ? JSON.stringify(c.ranks) : "")],
   ["batch", (c) => c.batch_size ?? "", "num"], ["accuracy", (c) => pct(c.accuracy), "num"],
