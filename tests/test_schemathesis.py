@@ -23,24 +23,30 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.python import asgi
+from sqlalchemy import delete
 
 from common.config import MAX_CLIENTS
 from server.dashboard.app import create_app
+from server.dashboard.models import Experiment
 from server.dashboard.settings import Settings
 
 EXAMPLES = 12  # per operation and mode
-STATEFUL_SCENARIOS = 120  # x up to 15 steps: >= 1,000 requests
+STATEFUL_SCENARIOS = 300  # x up to 15 steps: well over 1,000 requests
 
 
 ADMIN_TOKEN = "fuzz-admin-token"
 CALL_TIMEOUT_S = 120
+STREAM_READ_S = 2
 STATEFUL_SEED = 20261201
 
 
+def dashboard_app(tmp_path, **settings):
+    return create_app(Settings(data_dir=tmp_path, max_concurrent_runs=0, **settings),
+                      extra_hosts=frozenset({asgi.HOST}))
+
+
 def dashboard_schema(tmp_path, **settings):
-    app = create_app(Settings(data_dir=tmp_path, max_concurrent_runs=0, **settings),
-                     extra_hosts=frozenset({asgi.HOST}))
-    return schemathesis.openapi.from_asgi("/openapi.json", app)
+    return schemathesis.openapi.from_asgi("/openapi.json", dashboard_app(tmp_path, **settings))
 
 
 @pytest.mark.slow
@@ -120,19 +126,29 @@ def described(body: dict) -> dict:
 def test_stateful_walk_through_the_links_finds_nothing(tmp_path):
     """The server has an admin token (as the schema's security says) and the walk holds it; an
     attached run's token, from the attach answer, goes with that run's events."""
-    schema = dashboard_schema(tmp_path, token=ADMIN_TOKEN)
+    app = dashboard_app(tmp_path, token=ADMIN_TOKEN, max_queued_runs=100_000)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     schema.hook("map_case")(follow_the_described_rules)
     calls: Counter[tuple[str, int]] = Counter()
     excluded = [schemathesis.checks.positive_data_acceptance]
     run_tokens: dict[str, str] = {}
 
     class Walk(schema.as_state_machine()):
+        def setup(self) -> None:
+            """Each scenario starts from an empty database (hypothesis replays a scenario and
+            needs it to meet the same answers)."""
+            with app.state.services.db.write() as session:
+                session.execute(delete(Experiment))  # runs and their data cascade
+
         def get_call_kwargs(self, case):
             token = ADMIN_TOKEN
             if case.operation.label == "POST /api/runs/{run_id}/events":
                 token = run_tokens.get(str(case.path_parameters.get("run_id")), token)
-            # creating an experiment may build its model (the last_k check): slow when busy
-            return {"headers": {"Authorization": f"Bearer {token}"}, "timeout": CALL_TIMEOUT_S}
+            # creating an experiment may build its model (the last_k check): slow when busy;
+            # the stream of an active run never ends: schemathesis reads it for its timeout
+            label = case.operation.label
+            timeout = STREAM_READ_S if label.endswith("/stream") else CALL_TIMEOUT_S
+            return {"headers": {"Authorization": f"Bearer {token}"}, "timeout": timeout}
 
         def call(self, case, **kwargs):
             response = super().call(case, **kwargs)
