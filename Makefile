@@ -59,6 +59,7 @@ bench: data
 	$(BIN)/python -m bench.ops
 	$(BIN)/python -m bench.pareto
 	$(BIN)/python -m bench.fleet
+	$(BIN)/python -m bench.cancel
 
 # Plain Flower: `flwr run .` (EXPERIMENT, default the quickstart: 20 SuperNodes) on a local
 # SuperLink started before and stopped after the run, in this virtualenv (no `uv sync` per run).

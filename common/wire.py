@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from common.reasons import readable_reason
 from common.record import ClientRecord, ClientStatus, Phase
 
 OOM = 1001  # Flower's own codes are 0..8
@@ -56,10 +57,11 @@ def decode(metrics: Mapping[str, Number], fields: Mapping[str, str], **envelope:
 
 def failed(code: int, reason: str, partition_id: int, device: str, *, round: int, phase: Phase,
            node_id: int) -> ClientRecord:
-    """The record of a failed client: status ``oom`` or ``dropped`` by ``code``, else ``error``."""
+    """The record of a failed client: status ``oom`` or ``dropped`` by ``code``, else ``error``;
+    the reason in one line (:func:`common.reasons.readable_reason`)."""
     return ClientRecord(round=round, phase=phase, node_id=node_id, partition_id=partition_id,
                         device=device, status=STATUS_OF_CODE.get(code, "error"),
-                        reason=reason[:2000])
+                        reason=readable_reason(reason))
 
 
 def identity(partition_id: int, device: str, budget_bytes: int) -> dict[str, int | str]:

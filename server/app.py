@@ -18,6 +18,7 @@ import math
 import random
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from flwr.app import (
@@ -42,10 +43,12 @@ from common.events import RoundResult, RunState
 from common.record import ClientRecord
 from common.runconfig import experiment, settings_of
 from common.train import evaluate as evaluate_model
+from server import fleet
 from server.report import Reporter
 from server.task import pretrained_model, test_dataset
 
 NODE_WAIT_S = 600.0
+ERRORS_LOG = "client-errors.log"  # full text of the client errors events show in one line
 STATUS_EVERY_S = 5.0
 
 log = logging.getLogger(__name__)
@@ -158,6 +161,13 @@ class Reporting:
         self._sent: dict[str, list[int]] = {}
         return self
 
+    def watch(self, out_dir: Path) -> Reporting:
+        """Name kernel OOM kills in the fleet's cgroups (:class:`fleet.OomWatch`; none in
+        simulation) and keep every error reply's full text in ``<out_dir>/client-errors.log``."""
+        self.oom = fleet.OomWatch(out_dir / fleet.RUN_DIR)
+        self.errors_log = out_dir / ERRORS_LOG
+        return self
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         messages = list(super().configure_train(server_round, arrays, config, grid))
@@ -183,11 +193,31 @@ class Reporting:
                     round=server_round, phase=phase, node_id=node_id, partition_id=pid,
                     device=device, status="error", reason="no reply before the round timeout",
                 ))
+        results = [self._explained(result) for result in results]
+        self._keep_full_errors(received, results)
         for result in results:
             self.reporter.emit(client=result)
         if phase == "train":
             self.num_ok = sum(r.status == "ok" for r in results)
             self.num_failed = len(results) - self.num_ok
+
+    def _explained(self, result: ClientRecord) -> ClientRecord:
+        """An error (no reply included) of a node whose cgroup counted an OOM kill since the
+        last look is that kill: status ``oom``, the kernel and the limit named."""
+        if result.status == "error" and (reason := self.oom.killed(result.partition_id)):
+            return result.model_copy(update={"status": "oom", "reason": reason})
+        return result
+
+    def _keep_full_errors(self, received: list[Message], results: list[ClientRecord]) -> None:
+        """Append the full text of error replies shortened for their event to the log
+        (``results`` starts with the received replies' results, in order)."""
+        full = [(result, reply.error.reason) for reply, result in zip(received, results,
+                                                                      strict=False)
+                if reply.has_error() and reply.error.reason != result.reason]
+        if full:
+            with self.errors_log.open("a") as log_file:
+                log_file.writelines(f"round {r.round} {r.phase}, partition {r.partition_id} "
+                                    f"({r.device}): {r.reason}\n{text}\n\n" for r, text in full)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -258,6 +288,7 @@ def main(grid: Grid, context: Context) -> None:
         status(f"asking {len(nodes)} nodes which device they are", force=True)
         strategy = make_strategy(config, len(nodes))
         strategy.attach(reporter, NodeDirectory.ask(grid, config, nodes), status)
+        strategy.watch(Path(settings.out_dir))
 
         def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
             model.load_state_dict(arrays.to_torch_state_dict())

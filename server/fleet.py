@@ -9,9 +9,10 @@ runtime finds ``flwr-clientapp`` first on its PATH in the node's ``bin`` folder,
 enters the limit and execs the real one (the loopback twin of ``deploy/device/flwr-clientapp``
 in the compose fleet). The SuperNode and its app runtime, the node's link to the SuperLink, stay
 outside the limit: a ClientApp killed for exceeding it is reported by its SuperNode as an error
-reply ("ClientApp stopped responding.", once its heartbeat expires) and the node goes on serving
-later messages. (With the app runtime inside the limit, the OOM killer could pick it instead; its
-node's messages were then never claimed and never answered.) The fleet is recorded in
+reply ("ClientApp stopped responding.", once its heartbeat expires; the ServerApp names it an
+out-of-memory kill from the cgroup's OOM record) and the node goes on serving later messages.
+(With the app runtime inside the limit, the OOM killer could pick it instead; its node's
+messages were then never claimed and never answered.) The fleet is recorded in
 ``<dir>/fleet.json`` so that ``down`` and ``status`` work from another process.
 """
 
@@ -28,6 +29,7 @@ from common.devices import DeviceProfile
 from server import procs
 
 STATE_FILE = "fleet.json"
+RUN_DIR = "flower"  # `edgefed run` keeps its SuperLink (and fleet, with STATE_FILE) in <out>/flower
 CLIENTAPP = "flwr-clientapp"  # what the app runtime starts, by name, for each message
 READY_TIMEOUT_S = 60.0
 SUPERLINK_ENV = "EDGEFED_SUPERLINK"  # host:port of a running SuperLink to attach runs to
@@ -62,6 +64,37 @@ class FleetState(BaseModel):
     def processes(self) -> list[procs.ManagedProcess]:
         own = [self.superlink] if self.superlink is not None else []
         return [*own, *(p for n in self.nodes for p in (n.supernode, n.process))]
+
+
+def limit_warning(state: FleetState) -> str | None:
+    """:data:`procs.RLIMIT_WARNING` if any node's ClientApps are only rlimit-limited."""
+    return procs.RLIMIT_WARNING if any(n.process.limit == "rlimit" for n in state.nodes) else None
+
+
+class OomWatch:
+    """The kernel's OOM kills in each node's cgroup (:func:`procs.oom_kills`), by partition id,
+    for a fleet recorded in ``directory`` (none recorded, or no cgroups: nothing to watch).
+
+    :meth:`killed` says whether a node's count rose since the last look, i.e. whether the
+    kernel killed one of its ClientApps for memory meanwhile."""
+
+    def __init__(self, directory: Path) -> None:
+        state = load(directory)
+        nodes = state.nodes if state is not None else []
+        self.cgroups = {n.partition_id: (n.process.cgroup, n.process.limit_bytes)
+                        for n in nodes if n.process.cgroup}
+        self.seen = {pid: procs.oom_kills(cgroup) for pid, (cgroup, _) in self.cgroups.items()}
+
+    def killed(self, partition_id: int) -> str | None:
+        """``"out of memory: killed by the kernel at the 150 MiB limit"`` if the kernel killed
+        a process of the node since the last look, else None."""
+        if partition_id not in self.cgroups:
+            return None
+        cgroup, limit_bytes = self.cgroups[partition_id]
+        kills = procs.oom_kills(cgroup)
+        new, self.seen[partition_id] = kills > self.seen[partition_id], kills
+        return (f"out of memory: killed by the kernel at the {limit_bytes / 2**20:g} MiB limit"
+                if new else None)
 
 
 def superlink_cmd(port: int, simulation: bool) -> list[str]:

@@ -2,11 +2,13 @@
 descendants, stop them by pid (:func:`terminate`, the one teardown every starter uses).
 
 Memory limits (per emulated device, covering the ClientApps its app runtime launches):
-- ``cgroup``: a cgroup-v1 memory group ``/sys/fs/cgroup/memory/edgefed/<group>/<node>`` with
-  ``memory.limit_in_bytes`` = the profile's ``ram_bytes``; the kernel's OOM killer enforces the
-  limit on every process in it.
-- ``rlimit``: where no writable cgroup-v1 memory hierarchy exists, ``RLIMIT_DATA`` (heap and
-  private mappings) per process.
+- ``cgroup``: a memory cgroup ``edgefed/<group>/<node>`` whose limit is the profile's
+  ``ram_bytes``, in the first writable memory hierarchy (:func:`cgroup_hierarchy`): cgroup v1
+  (``/sys/fs/cgroup/memory``, ``memory.limit_in_bytes``) or v2 (``/sys/fs/cgroup`` or
+  ``/sys/fs/cgroup/unified`` with the memory controller, ``memory.max``). The kernel's OOM killer
+  enforces it on every process in the group and counts its kills (:func:`oom_kills`).
+- ``rlimit``: where no such hierarchy exists, ``RLIMIT_DATA`` (heap and private mappings) per
+  process; weaker (see :data:`RLIMIT_WARNING`), and said so wherever the fleet is shown.
 
 A process enters the limit through a launcher (:func:`write_launcher`): a shell script named like
 the tool it stands for (``flwr-clientapp``) that joins the cgroup (or sets the rlimit) and execs
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import shlex
 import shutil
@@ -27,16 +30,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import psutil
 from pydantic import BaseModel
 
-CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
+CGROUP_V1_ROOT = Path("/sys/fs/cgroup/memory")
+CGROUP_V2_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
 LimitKind = Literal["cgroup", "rlimit", "none"]
+RLIMIT_WARNING = (
+    "memory limits are rlimit-based: no writable cgroup memory hierarchy (v1 at "
+    f"{CGROUP_V1_ROOT}, or v2 with the memory controller), so each ClientApp only gets "
+    "RLIMIT_DATA, which fails its large allocations but neither counts all of its memory nor "
+    "lets the kernel's OOM killer enforce the device's limit"
+)
 PR_SET_CHILD_SUBREAPER = 36
 POLL_S = 0.1
+
+log = logging.getLogger(__name__)
 
 
 class ManagedProcess(BaseModel):
@@ -94,34 +107,101 @@ def become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def cgroup_available() -> bool:
-    """True where a cgroup-v1 memory hierarchy is mounted and writable by us."""
-    return (CGROUP_ROOT / "memory.limit_in_bytes").exists() and os.access(CGROUP_ROOT, os.W_OK)
+@dataclass(frozen=True)
+class Hierarchy:
+    """A cgroup memory hierarchy mounted at ``root``: ``version`` 1 (the memory controller's own
+    mount) or 2 (the unified mount)."""
+
+    version: Literal[1, 2]
+    root: Path
+
+    @property
+    def limit_file(self) -> str:
+        return "memory.max" if self.version == 2 else "memory.limit_in_bytes"
+
+    def usable(self) -> bool:
+        """Mounted, writable by us, and (v2) offering the memory controller."""
+        if not os.access(self.root, os.W_OK):
+            return False
+        if self.version == 1:
+            return (self.root / self.limit_file).exists()
+        return "memory" in _read(self.root / "cgroup.controllers").split()
+
+    def make(self, group: str, name: str, limit_bytes: int) -> Path:
+        """Create ``edgefed/<group>/<name>`` with a hard limit of ``limit_bytes``, swap included.
+
+        v2 limits a group only if every ancestor delegates the memory controller
+        (``+memory`` in ``cgroup.subtree_control``), and a delegating group may hold no
+        processes: ``edgefed`` and ``edgefed/<group>`` only delegate, the leaf holds the node."""
+        path = self.root / "edgefed" / group / name
+        if self.version == 1:
+            path.mkdir(parents=True, exist_ok=True)
+            (path / self.limit_file).write_text(str(limit_bytes))
+            _write_if_present(path / "memory.memsw.limit_in_bytes", str(limit_bytes))
+            return path
+        for parent in (self.root, path.parent.parent, path.parent):
+            parent.mkdir(exist_ok=True)
+            if "memory" not in _read(parent / "cgroup.subtree_control").split():
+                (parent / "cgroup.subtree_control").write_text("+memory")
+        path.mkdir(exist_ok=True)
+        (path / self.limit_file).write_text(str(limit_bytes))
+        _write_if_present(path / "memory.swap.max", "0")
+        return path
 
 
-def limit_kind() -> LimitKind:
-    """The memory-limit mechanism this machine offers: cgroup if possible, else rlimit."""
-    return "cgroup" if cgroup_available() else "rlimit"
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
-def make_cgroup(group: str, name: str, limit_bytes: int) -> Path:
-    """Create ``edgefed/<group>/<name>`` with a hard memory limit (swap included, if known)."""
-    path = CGROUP_ROOT / "edgefed" / group / name
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "memory.limit_in_bytes").write_text(str(limit_bytes))
-    memsw = path / "memory.memsw.limit_in_bytes"
-    if memsw.exists():
+def _write_if_present(path: Path, value: str) -> None:
+    """Write an optional control file (absent when the kernel lacks the feature)."""
+    if path.exists():
         with contextlib.suppress(OSError):
-            memsw.write_text(str(limit_bytes))
-    return path
+            path.write_text(value)
+
+
+def cgroup_hierarchy() -> Hierarchy | None:
+    """The first usable memory hierarchy: v1, then v2 (unified at the root, or hybrid)."""
+    candidates = [Hierarchy(1, CGROUP_V1_ROOT), *(Hierarchy(2, r) for r in CGROUP_V2_ROOTS)]
+    return next((h for h in candidates if h.usable()), None)
+
+
+def cgroup_available() -> bool:
+    """True where a memory cgroup can limit a node (see :func:`cgroup_hierarchy`)."""
+    return cgroup_hierarchy() is not None
 
 
 def memory_limit(group: str, name: str, limit_bytes: int) -> MemoryLimit:
-    """A new limit of ``limit_bytes``: the cgroup ``edgefed/<group>/<name>`` where possible."""
-    if limit_kind() == "cgroup":
-        return MemoryLimit(kind="cgroup", limit_bytes=limit_bytes,
-                           cgroup=str(make_cgroup(group, name, limit_bytes)))
+    """A new limit of ``limit_bytes``: the cgroup ``edgefed/<group>/<name>`` where possible,
+    else ``rlimit`` (also when the hierarchy refuses the group, e.g. a v2 root whose own
+    processes forbid delegating the memory controller)."""
+    hierarchy = cgroup_hierarchy()
+    if hierarchy is not None:
+        try:
+            path = hierarchy.make(group, name, limit_bytes)
+        except OSError as err:
+            log.warning("no memory cgroup for %s under %s (%s): rlimit instead", name,
+                        hierarchy.root, err)
+            remove_cgroup(hierarchy.root / "edgefed" / group / name, timeout=0)
+        else:
+            return MemoryLimit(kind="cgroup", limit_bytes=limit_bytes, cgroup=str(path))
     return MemoryLimit(kind="rlimit", limit_bytes=limit_bytes)
+
+
+def oom_kills(cgroup: str | Path) -> int:
+    """How many processes the kernel's OOM killer killed in ``cgroup``: the ``oom_kill`` line of
+    ``memory.events`` (v2) or ``memory.oom_control`` (v1); 0 if the group or line is absent."""
+    path = Path(cgroup)
+    record = path / "memory.events"
+    text = _read(record if record.exists() else path / "memory.oom_control")
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill":
+            return int(value)
+    return 0
 
 
 def write_launcher(directory: Path, tool: str, limit: MemoryLimit) -> Path:
@@ -273,31 +353,34 @@ def signal_all(procs: Iterable[psutil.Process], sig: int, group: int | None = No
 def _wait(procs: list[psutil.Process], group: int | None, timeout: float
           ) -> list[psutil.Process]:
     """Wait until ``procs`` and the group have exited, at most ``timeout`` s; the survivors.
-    Those that are our children are reaped (psutil), no one else's exit status is taken."""
+    Those that are our children are reaped (psutil), no one else's exit status is taken; a
+    zombie that is not ours has exited (psutil would wait for its parent to reap it, which may
+    be one of ``procs`` killed at the same time)."""
     deadline = time.monotonic() + timeout
     alive = procs
-    while (alive or (group is not None and group_alive(group))) and (
+    while (running(alive) or (group is not None and group_alive(group))) and (
             time.monotonic() < deadline):
         if alive:
             _, alive = psutil.wait_procs(alive, timeout=POLL_S)
         else:
             time.sleep(POLL_S)
-    return alive
+    return running(alive)
 
 
 def terminate(find: Callable[[], Iterable[psutil.Process]], timeout: float,
-              group: int | None = None) -> None:
+              group: int | None = None, grace: float | None = None) -> None:
     """The one teardown of processes edgefed started: SIGTERM to process group ``group``
-    (when given) and to every process ``find()`` returns; wait up to ``timeout`` s for them
-    and the group to exit; then SIGKILL the group, the survivors and whatever ``find()``
-    returns now (children forked during the SIGTERM), and wait up to ``timeout`` s again.
+    (when given) and to every process ``find()`` returns; wait up to ``grace`` s (default
+    ``timeout``) for them and the group to exit; then SIGKILL the group, the survivors and
+    whatever ``find()`` returns now (children forked during the SIGTERM), and wait up to
+    ``timeout`` s again.
 
     ``find`` is called twice and must return only processes known to be ours (recorded pids
     checked against their start time, their descendants, cgroup members).
     """
     first = list({p.pid: p for p in find()}.values())
     signal_all(first, signal.SIGTERM, group)
-    survivors = _wait(first, group, timeout)
+    survivors = _wait(first, group, timeout if grace is None else grace)
     late = list({p.pid: p for p in [*survivors, *running(find())]}.values())
     signal_all(late, signal.SIGKILL, group)
     _wait(late, group, timeout)
@@ -312,17 +395,18 @@ def reap() -> None:
 
 def stop(
     managed: Iterable[ManagedProcess], timeout: float = 10.0,
-    extra: Iterable[psutil.Process] = (),
+    extra: Iterable[psutil.Process] = (), grace: float | None = None,
 ) -> None:
     """Stop the given processes, their descendants and the members of their cgroups, plus
-    ``extra`` processes (:func:`terminate`); then remove their cgroups.
+    ``extra`` processes (:func:`terminate`, SIGKILL after ``grace`` s if given); then remove
+    their cgroups.
 
     Only pids recorded in ``managed`` (checked against their start time), their descendants and
     cgroup members, and ``extra`` are signalled.
     """
     managed = list(managed)
     extra = list(extra)
-    terminate(lambda: _tree(managed) + extra, timeout)
+    terminate(lambda: _tree(managed) + extra, timeout, grace=grace)
     reap()
     for m in managed:
         if m.cgroup:

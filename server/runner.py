@@ -23,7 +23,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from common.config import Engine, ExperimentConfig
 from common.devices import Catalogue, assign_devices, catalogue_path
 from common.events import Event, RunState
 from server import fleet, procs
+from server.outcome import Verdict, judge
 from server.report import Reporter, read_events
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -41,30 +42,74 @@ POLL_S = 1.0  # events file
 STATUS_EVERY = 5  # ``flwr list`` (a CLI start costs CPU) every 5th poll
 CLI_TIMEOUT_S = 120.0
 LOG_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0  # SIGTERM -> SIGKILL once the run ended
+# SIGTERM -> SIGKILL when cancelled: the whole stop must fit in 2 s, and the ServerApp
+# (flwr-simulation, flwr-serverapp) and Ray's processes do not exit on SIGTERM within seconds
+CANCEL_GRACE_S = 0.2
 
 
 class RunCancelled(Exception):
     """Raised in the runner's thread when SIGTERM/SIGINT arrives."""
 
 
+class OutDirInUse(ValueError):
+    """The output folder already holds files (an earlier run's): runs never share one."""
+
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def install_signal_handlers() -> None:
-    """Turn SIGTERM and SIGINT into :class:`RunCancelled`, so ``finally`` blocks stop processes."""
+    """Turn the first SIGTERM or SIGINT into :class:`RunCancelled`, so ``finally`` blocks stop
+    processes; later ones are ignored (the run is already stopping, its cleanup must finish)."""
 
     def cancel(signum: int, _frame: object) -> None:
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         raise RunCancelled(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, cancel)
-    signal.signal(signal.SIGINT, cancel)
+    for sig in SIGNALS:
+        signal.signal(sig, cancel)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM/SIGINT back while a run's cleanup runs; one that arrived meanwhile is
+    dropped: it asked to stop a run that is stopping anyway, whose outcome then stands."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        while signal.sigtimedwait(SIGNALS, 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that exists and is not an empty folder (:class:`OutDirInUse`).
+
+    Refusing, rather than making a fresh sub-folder, keeps every path where the user said
+    (``<out>/events.jsonl``) and never mixes or overwrites an earlier run's record."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutDirInUse(f"out: {out_dir} is not empty (it holds an earlier run's files); "
+                          "name a new folder or remove that one")
 
 
 @dataclass
 class RunOutcome:
-    """How a run ended: Flower's final status plus every event the ServerApp wrote."""
+    """How a run ended: Flower's status, the verdict (:mod:`server.outcome`) whose state is the
+    run's last event, and every event of this run."""
 
     status: str
     flwr_run_id: int | None
     events: list[Event] = field(default_factory=list)
     wall_s: float = 0.0
+    verdict: Verdict | None = None
+
+    @property
+    def state(self) -> RunState:
+        """The final state (``failed`` until a verdict was reached)."""
+        return self.verdict.state if self.verdict else RunState(status="failed")
 
 
 def run_config(
@@ -179,11 +224,16 @@ def run(
 ) -> RunOutcome:
     """Run ``config`` on ``engine`` to completion; always stops every process it started.
 
-    Run states (running, then finished / failed / cancelled) are reported here; per-client and
-    per-round events come from the ServerApp through the same ``events.jsonl`` and URL.
-    ``on_started`` sees the SuperLink (and fleet) once they run.
+    ``out_dir`` must be new or empty (:func:`check_out_dir`). Run states are reported here:
+    ``running`` first, and last the verdict (finished, possibly degraded / failed, see
+    :func:`server.outcome.judge`) or ``cancelled``, written only once every process of the run
+    is stopped, so nothing follows it. Per-client and per-round events come from the ServerApp
+    through the same ``events.jsonl`` and URL. ``on_started`` sees the SuperLink (and fleet)
+    once they run. On SIGTERM/SIGINT (:func:`install_signal_handlers`) the processes get
+    :data:`CANCEL_GRACE_S` before SIGKILL and :class:`RunCancelled` is re-raised.
     """
     devices = assign_devices(config.fleet, catalogue)
+    check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(config.model_dump_json(indent=2))
     reporter = Reporter(run_id, out_dir, report_url, report_token)
@@ -192,10 +242,13 @@ def run(
                                                       report_token)))
     procs.become_subreaper()
     children_before = {p.pid for p in procs.new_children(set())}
-    flower_dir = out_dir / "flower"
+    flower_dir = out_dir / fleet.RUN_DIR
     started = time.monotonic()
     outcome = RunOutcome(status="failed", flwr_run_id=None)
+    tail = EventTail(out_dir, run_id, outcome, on_event)
     state: fleet.FleetState | None = None
+    stopped: RunState | None = None  # how it ended when Flower could not say
+    warning = None
     try:
         reporter.emit(state=RunState(status="running", message=f"engine={engine}"))
         if engine == "simulation":
@@ -208,50 +261,80 @@ def run(
         else:
             state = fleet.up(flower_dir, devices)
             resources = None
+            if warning := fleet.limit_warning(state):
+                reporter.emit(state=RunState(status="running", message=warning))
         if on_started is not None:
             on_started(state)
         outcome.flwr_run_id = submit(state, overrides, resources)
-        outcome.status = _follow(state, outcome, out_dir, on_event)
-        final = "finished" if outcome.status == "finished:completed" else "failed"
-        outcome.events.append(reporter.emit(
-            state=RunState(status=final, message=f"flower status {outcome.status}")))
+        outcome.status = _follow(state, outcome, tail)
     except RunCancelled as why:
         outcome.status = "cancelled"
-        if state is not None and state.superlink is None and outcome.flwr_run_id is not None:
-            stop_run(state, outcome.flwr_run_id)
-        reporter.emit(state=RunState(status="cancelled", message=f"received {why}"))
+        stopped = RunState(status="cancelled", message=f"received {why}")
         raise
-    except Exception as err:
-        reporter.emit(state=RunState(status="failed", message=str(err)[:4000]))
+    except BaseException as err:
+        stopped = RunState(status="failed", message=str(err)[:4000] or type(err).__name__)
         raise
     finally:
-        if state is not None:
-            if outcome.flwr_run_id is not None and outcome.status != "cancelled":
-                save_run_log(state, outcome.flwr_run_id, flower_dir / "run.log")
-            procs.stop(state.processes, extra=procs.new_children(children_before))
-            (flower_dir / fleet.STATE_FILE).unlink(missing_ok=True)
-        reporter.close()
-        outcome.wall_s = time.monotonic() - started
+        with signals_deferred():
+            _shut_down(state, outcome, flower_dir, children_before)
+            tail.poll()  # what the ServerApp wrote before it stopped
+            outcome.verdict = (Verdict(stopped, ()) if stopped
+                               else judge(outcome.status, outcome.events, config.rounds))
+            final = outcome.verdict.state
+            if warning:
+                final = final.model_copy(update={"message": f"{final.message}; {warning}"[:4000]})
+                outcome.verdict = Verdict(final, outcome.verdict.empty_rounds)
+            outcome.events.append(reporter.emit(state=final))
+            reporter.close()
+            outcome.wall_s = time.monotonic() - started
     return outcome
 
 
-def _follow(
-    state: fleet.FleetState,
-    outcome: RunOutcome,
-    out_dir: Path,
-    on_event: Callable[[Event], None] | None,
-) -> str:
+def _shut_down(state: fleet.FleetState | None, outcome: RunOutcome, flower_dir: Path,
+               children_before: set[int]) -> None:
+    """Stop the run's processes, cgroups included, and whatever it left re-parented to us
+    (also when the fleet failed half-way up): SIGKILL after :data:`CANCEL_GRACE_S` when
+    cancelled. The run's Flower log is kept first, unless cancelled (fetching it takes a CLI
+    start)."""
+    cancelled = outcome.status == "cancelled"
+    state = state or fleet.load(flower_dir)  # fleet.up records each node as it starts it
+    if state is not None and outcome.flwr_run_id is not None:
+        if cancelled and state.superlink is None:
+            stop_run(state, outcome.flwr_run_id)
+        elif not cancelled:
+            save_run_log(state, outcome.flwr_run_id, flower_dir / "run.log")
+    procs.stop(state.processes if state is not None else [],
+               extra=procs.new_children(children_before), timeout=STOP_TIMEOUT_S,
+               grace=CANCEL_GRACE_S if cancelled else None)
+    (flower_dir / fleet.STATE_FILE).unlink(missing_ok=True)
+
+
+class EventTail:
+    """Hands this run's new events in ``events.jsonl`` to the outcome and ``on_event``; lines of
+    any other run id are skipped."""
+
+    def __init__(self, out_dir: Path, run_id: str, outcome: RunOutcome,
+                 on_event: Callable[[Event], None] | None) -> None:
+        self.out_dir, self.run_id, self.outcome, self.on_event = out_dir, run_id, outcome, on_event
+        self.offset = 0
+
+    def poll(self) -> None:
+        events, self.offset = read_events(self.out_dir, self.offset)
+        for event in events:
+            if event.run_id != self.run_id:
+                continue
+            self.outcome.events.append(event)
+            if self.on_event is not None:
+                self.on_event(event)
+
+
+def _follow(state: fleet.FleetState, outcome: RunOutcome, tail: EventTail) -> str:
     """Stream new events until Flower reports the run finished; returns its final status."""
-    offset = 0
     status = "pending"
     tick = 0
     while True:
         tick += 1
-        events, offset = read_events(out_dir, offset)
-        for event in events:
-            outcome.events.append(event)
-            if on_event is not None:
-                on_event(event)
+        tail.poll()
         if status.startswith("finished"):
             return status
         if state.superlink is not None and not state.superlink.alive():

@@ -11,6 +11,7 @@ import yaml
 from click.testing import Result
 from typer.testing import CliRunner
 
+from common.validate import load_sweep
 from server.cli import app, load_experiment
 from tests.config_cases import (
     BAD_EXPERIMENTS,
@@ -150,3 +151,51 @@ def test_plan_rejects_unknown_device() -> None:
     result = runner.invoke(app, ["plan", "--device", "toaster"])
     assert result.exit_code == 2
     assert "device" in result.output and "toaster" in result.output
+
+
+def test_run_refuses_an_out_folder_holding_an_earlier_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "events.jsonl").write_text("an earlier run's record\n")
+    result = runner.invoke(app, ["run", str(EXAMPLES / "quickstart.yaml"), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "out:" in result.stderr and "not empty" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["events.jsonl"]
+    assert (out / "events.jsonl").read_text() == "an earlier run's record\n"
+
+
+def test_sweep_refuses_before_its_first_run_if_any_experiment_folder_is_taken(
+    tmp_path: Path,
+) -> None:
+    last = load_sweep(EXAMPLES / "pareto-fl.yaml")[-1].name
+    (tmp_path / "out" / last).mkdir(parents=True)
+    (tmp_path / "out" / last / "events.jsonl").write_text("{}\n")
+    result = runner.invoke(app, ["sweep", str(EXAMPLES / "pareto-fl.yaml"),
+                                 "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and last in result.stderr, result.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [last]
+
+
+def test_fleet_status_warns_when_limits_are_rlimit_based(tmp_path: Path) -> None:
+    from server import fleet, procs
+
+    limit = procs.MemoryLimit(kind="rlimit", limit_bytes=2**30)
+    env = procs.flower_env(tmp_path / "flwr-home")
+
+    def sleeper(role: str, with_limit: bool) -> procs.ManagedProcess:
+        return procs.spawn(role, ["sleep", "60"], tmp_path / f"{role}.log", env,
+                           limit=limit if with_limit else None)
+
+    state = fleet.FleetState(group="g", port=1, flwr_home=str(tmp_path / "flwr-home"),
+                             superlink=sleeper("superlink", False))
+    try:
+        state.nodes.append(fleet.FleetNode(partition_id=0, device="rpi5",
+                                           supernode=sleeper("supernode-0", False),
+                                           process=sleeper("node-0", True)))
+        fleet.save(tmp_path, state)
+        result = runner.invoke(app, ["fleet", "status", "--dir", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        assert "memory limits are rlimit-based" in " ".join(result.output.split())
+    finally:
+        procs.stop(state.processes, timeout=5)
+    assert not any(p.alive() for p in state.processes)

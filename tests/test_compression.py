@@ -18,12 +18,13 @@ from common.compression import (
     hosvd,
     layer_ranks,
     reference_hosvd,
+    subspace_iteration,
     trainable_layers,
     wrap_last_layers,
     wrapped_layers,
 )
 from common.compression.conv import ConvGeometry, tucker_conv_weight_grad
-from common.compression.decompose import one_thread
+from common.compression.decompose import gram_lower, one_thread
 from common.compression.lean import pack_bits, unpack_bits
 from common.compression.linear import tucker_linear_weight_grad
 from common.compression.rank import eps_ranks, widen_free_modes
@@ -201,14 +202,23 @@ def test_hosvd_matches_full_svd_reference():
         assert rel(mine.to_tensor(), ref.to_tensor()) < 1e-3
 
 
-def test_hosvd_runs_on_one_thread_and_gives_the_thread_count_back():
-    """Inside hosvd torch uses one intra-op thread; the caller's count is restored after it,
-    also when the rank rule raises."""
-    seen: list[int] = []
+def test_decompositions_run_lapack_on_one_thread_and_give_the_thread_count_back(monkeypatch):
+    """eigh and QR run on one intra-op thread, the rank rule and the GEMMs on the caller's;
+    the caller's count is restored after hosvd and ASI's step, also when the rank rule
+    raises."""
+    seen: dict[str, list[int]] = {"eigh": [], "qr": [], "choose": []}
+    for name in ("eigh", "qr"):
+        real = getattr(torch.linalg, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            seen[_name].append(torch.get_num_threads())
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(torch.linalg, name, spy)
 
     def choose(shape, ratios):
-        seen.append(torch.get_num_threads())
-        return eps_ranks(shape, ratios, 0.8)
+        seen["choose"].append(torch.get_num_threads())
+        return (8, 6, 2)  # only mode 2 truncated: hosvd needs no QR, ASI one
 
     def refuse(shape, ratios):
         raise ValueError("no ranks")
@@ -216,8 +226,11 @@ def test_hosvd_runs_on_one_thread_and_gives_the_thread_count_back():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        hosvd(torch.randn(8, 6, 5), choose, range(3))
-        assert (seen, torch.get_num_threads()) == ([1], 2)
+        x = torch.randn(8, 6, 5)
+        t = hosvd(x, choose, range(3))
+        subspace_iteration(x, t.factors, t.ranks)
+        assert seen == {"eigh": [1, 1, 1], "qr": [1], "choose": [2]}
+        assert torch.get_num_threads() == 2
         with pytest.raises(ValueError, match="no ranks"):
             hosvd(torch.randn(8, 6, 5), refuse, range(3))
         assert torch.get_num_threads() == 2
@@ -459,3 +472,10 @@ def test_rank_tuple_must_match_modes():
 def test_unsupported_padding_names_the_layer():
     with pytest.raises(ValueError, match="padding"):
         wrap_last_layers(nn.Sequential(nn.Conv2d(2, 2, 3, padding="same")), "hosvd", 1)
+
+
+@pytest.mark.parametrize("rows", [1, 63, 200, 257, 300])
+def test_gram_lower_is_the_lower_triangle_of_the_gram(rows):
+    """Blocked Gram: on and below the diagonal exactly A A^T (what eigh reads)."""
+    a = torch.randn(rows, 37, dtype=DTYPE)
+    assert torch.allclose(gram_lower(a).tril(), (a @ a.T).tril(), rtol=1e-12, atol=1e-10)

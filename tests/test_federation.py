@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
+from bench.cancel import cancel_during_pretraining
 from client.task import resolve_node
 from common.config import ExperimentConfig
 from common.devices import assign_entries, load_catalogue
@@ -21,6 +23,8 @@ from common.record import ClientRecord
 from server import fleet as deployment
 from server import procs, runner
 from server.app import NodeDirectory
+from server.report import read_events
+from tests.dashboard_support import DashboardProcess, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -54,6 +58,15 @@ def _train_results(outcome: runner.RunOutcome) -> list[ClientRecord]:
     return [e.client for e in outcome.events if e.client is not None]
 
 
+def _recorded_end(out_dir: Path) -> Event:
+    """The final state of the run recorded in ``out_dir``, asserting that it is the last event
+    and the only one that ends the run."""
+    events = read_events(out_dir)[0]
+    ends = [e for e in events if e.state is not None and e.state.status != "running"]
+    assert len(ends) == 1 and events[-1] is ends[0], [e.state for e in events if e.state]
+    return ends[0]
+
+
 @pytest.mark.timeout(600)
 def test_simulation_engine_small_run(tmp_path: Path) -> None:
     config = _config([{"device": "mcu", "count": 1, "policy": "fixed"},
@@ -80,6 +93,7 @@ def test_simulation_engine_small_run(tmp_path: Path) -> None:
     assert rounds[-1].num_ok == sum(c.status == "ok" for c in last)
     assert rounds[-1].num_failed == 3 - rounds[-1].num_ok
     assert (tmp_path / "events.jsonl").read_text().count("\n") == len(outcome.events)
+    assert outcome.state.status == "finished" and _recorded_end(tmp_path) == outcome.events[-1]
     assert _no_descendants_left() == []
 
 
@@ -107,8 +121,8 @@ def test_deployment_engine_under_real_memory_limits(tmp_path: Path) -> None:
     def on_event(event: Event) -> None:  # the cgroups exist until the run is over
         if event.client is not None:
             node = next(n for n in fleets[0].nodes if n.partition_id == event.client.partition_id)
-            kills = _cgroup_value(node, "memory.oom_control").split("oom_kill ")[1]
-            usage[node.device] = (int(kills), int(_cgroup_value(node, "memory.max_usage_in_bytes")))
+            usage[node.device] = (procs.oom_kills(str(node.process.cgroup)),
+                                  int(_cgroup_value(node, "memory.max_usage_in_bytes")))
 
     outcome = runner.run(config, catalogue, "deployment", tmp_path, "deploy-test",
                          on_event=on_event, on_started=on_started)
@@ -120,9 +134,12 @@ def test_deployment_engine_under_real_memory_limits(tmp_path: Path) -> None:
     clients = {c.device: c for c in _train_results(outcome)}
     assert sorted(clients) == ["pi-starved", "rpi5"]
     starved, rpi5 = clients["pi-starved"], clients["rpi5"]
-    # killed by the kernel at its 150 MiB limit; its SuperNode answers for it
-    assert starved.status == "error" and starved.reason == "ClientApp stopped responding.", starved
+    # killed by the kernel at its 150 MiB limit (its SuperNode only says "ClientApp stopped
+    # responding."): named so from the cgroup's own OOM record
+    assert starved.status == "oom", starved
+    assert starved.reason == "out of memory: killed by the kernel at the 150 MiB limit", starved
     assert usage["pi-starved"][0] >= 1
+    assert "ClientApp stopped responding." in (tmp_path / "client-errors.log").read_text()
     assert rpi5.status == "ok" and all(getattr(rpi5, f) is not None for f in OK_FIELDS), rpi5
     assert usage["rpi5"] == (0, usage["rpi5"][1]) and usage["rpi5"][1] > 100 * 2**20  # torch ran
     # the ClientApp read its own cgroup: the limit, and a peak no later reading is below
@@ -131,8 +148,47 @@ def test_deployment_engine_under_real_memory_limits(tmp_path: Path) -> None:
     # nothing of the run is left: processes (by recorded pid and as our descendants), cgroups
     assert not any(p.alive() for p in fleets[0].processes)
     assert _no_descendants_left() == []
-    assert not (procs.CGROUP_ROOT / "edgefed" / fleets[0].group).exists()
+    assert not (procs.CGROUP_V1_ROOT / "edgefed" / fleets[0].group).exists()
     assert not (tmp_path / "flower" / deployment.STATE_FILE).exists()
+    assert _recorded_end(tmp_path).state.status == "finished"
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize(("engine", "processes"), [
+    ("simulation", {"flower-superlin", "flwr-simulation", "raylet"}),
+    ("deployment", {"flower-superlin", "flower-supernod", "flower-superexe", "flwr-serverapp"}),
+])
+def test_sigterm_during_pretraining_stops_the_whole_run_within_2_s(
+    tmp_path: Path, engine: str, processes: set[str],
+) -> None:
+    stop = cancel_during_pretraining(engine, tmp_path)  # see bench/cancel.py
+    assert processes <= set(stop.processes.values()), stop  # a real run was stopped
+    assert stop.exit_code == 130, (tmp_path / "cli.log").read_text()
+    assert stop.left == [] and stop.seconds <= 2.0, stop
+    end = _recorded_end(tmp_path / "out")
+    assert end.state.status == "cancelled" and end.state.message == "received SIGTERM"
+    superlink = next(pid for pid, name in stop.processes.items() if name == "flower-superlin")
+    assert not (procs.CGROUP_V1_ROOT / "edgefed" / f"flower-{superlink}").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(420)
+def test_a_run_where_no_client_trains_is_failed_in_the_cli_and_the_dashboard(
+    tmp_path: Path,
+) -> None:
+    config = _config([{"device": "mcu", "count": 2, "policy": "fixed"}], rounds=1)
+    with DashboardProcess(tmp_path) as server:
+        experiment = httpx.post(f"{server.url}/api/experiments",
+                                json=config.model_dump(mode="json")).json()
+        run_id = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch").json()["id"]
+        run = wait_for(lambda: (r := httpx.get(f"{server.url}/api/runs/{run_id}").json()["run"])
+                       ["exit_code"] is not None and r, 360, "edgefed run to exit")
+    assert run["status"] == "failed" and run["exit_code"] == 1, run
+    assert run["message"].startswith(
+        "no client trained successfully in any of the 1 rounds (2 oom; most common reason: "
+        "out of memory: needs "), run
+    end = _recorded_end(tmp_path / "runs" / run_id / "out")  # edgefed run's own record
+    assert end.state.status == "failed" and end.state.message == run["message"]
 
 
 def test_unanswered_node_named_by_the_one_assignment() -> None:
@@ -156,3 +212,20 @@ def test_an_answer_against_the_assignment_is_logged_and_kept(
     assert f"node 5 answers partition 0 is {assigned[1]}" in caplog.text
     assert directory.identity(5) == (0, assigned[1])
     assert directory.identity(6) == (1, assigned[1])
+
+
+@pytest.mark.timeout(420, method="signal")
+def test_deployment_without_a_memory_cgroup_says_limits_are_rlimit_based(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(procs, "CGROUP_V1_ROOT", tmp_path / "no-v1")  # as on a host without
+    monkeypatch.setattr(procs, "CGROUP_V2_ROOTS", (tmp_path / "no-v2",))  # a usable hierarchy
+    config = _config([{"device": "rpi5", "count": 1}], rounds=1, image_size=28)
+    out = tmp_path / "out"
+    outcome = runner.run(config, load_catalogue(), "deployment", out, "rlimit-test")
+    states = [e.state for e in outcome.events if e.state is not None]
+    assert procs.RLIMIT_WARNING in [s.message for s in states if s.status == "running"]
+    assert outcome.state.status == "finished", outcome.state  # the ClientApp ran under RLIMIT_DATA
+    assert outcome.state.message.endswith(procs.RLIMIT_WARNING)
+    assert _recorded_end(out) == outcome.events[-1]
+    assert _no_descendants_left() == []

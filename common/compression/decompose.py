@@ -13,8 +13,10 @@ matrix product and a small symmetric eigenproblem; the right factor is never bui
 
 TensorLy (PyTorch backend) does the unfoldings and mode products: its mode_dot (one unfold,
 one GEMM, one fold) measured as fast as torch.tensordot / einsum on our shapes, often faster.
-Plain torch where it was faster: the last-mode unfolding as a copy-free view, and ASI's thin
-products (see ``subspace_iteration``). ``hosvd`` runs on one intra-op thread (``one_thread``).
+Plain torch where it was faster: the last-mode unfolding as a copy-free view, the Gram
+matrices' lower triangles (``gram_lower``) and ASI's power step (see ``subspace_iteration``).
+The eigenproblems and QRs run on one intra-op thread (``one_thread``), the GEMMs on the
+caller's threads.
 """
 
 from __future__ import annotations
@@ -77,20 +79,52 @@ def unfolding(x: Tensor, n: int) -> Tensor:
     return x.reshape(-1, x.shape[n]).T if n == x.ndim - 1 else tl.unfold(x, n)
 
 
+GRAM_BLOCK_ROWS = 64  # at least this many rows per block of ``gram_lower``
+GRAM_MAX_BLOCKS = 4
+
+
+def gram_lower(a: Tensor) -> Tensor:
+    """G = A A^T (I x I, A I x J), computed only on and below the diagonal: what
+    ``torch.linalg.eigh`` reads (UPLO='L').
+
+    A's rows are split into b blocks A_1..A_b (b = min(4, I // 64), at least 1); block row i
+    of G is one GEMM  G[i, :i] = A_i [A_1; ...; A_i]^T, so (b + 1) / 2b of the full product's
+    2 I^2 J flops (62.5% at b = 4), a symmetric rank-k update (BLAS syrk) out of plain GEMMs.
+    Entries above the diagonal blocks are zero, not G's: the result is for eigh only.
+    Measured on one thread: 960 x 3136 55 -> 36 ms, 576 x 12544 80 -> 53 ms.
+    """
+    rows = a.shape[0]
+    blocks = max(1, min(GRAM_MAX_BLOCKS, rows // GRAM_BLOCK_ROWS))
+    gram = a.new_zeros(rows, rows)
+    edges = [round(i * rows / blocks) for i in range(blocks + 1)]
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        torch.mm(a[low:high], a[:high].T, out=gram[low:high, :high])
+    return gram
+
+
 def mode_spectrum(x: Tensor, n: int) -> ModeSpectrum:
-    """Spectrum of A_(n) from the eigendecomposition of its smaller Gram side."""
+    """Spectrum of A_(n) from the eigendecomposition of its smaller Gram side (only the lower
+    triangle of the Gram matrix is formed, see ``gram_lower``; the eigenproblem runs on one
+    thread, see ``one_thread``)."""
     a = unfolding(x, n)
     tall = a.shape[0] > a.shape[1]
-    gram = a.T @ a if tall else a @ a.T
-    energies, vectors = torch.linalg.eigh(gram)  # ascending
+    gram = gram_lower(a.T if tall else a)
+    with one_thread():
+        energies, vectors = torch.linalg.eigh(gram)  # ascending
     return ModeSpectrum(energies.flip(0).clamp_min(0.0), vectors.flip(1), tall)
+
+
+def orthonormal_basis(a: Tensor) -> Tensor:
+    """Q of the thin QR of ``a`` (its column space, orthonormal), on one thread."""
+    with one_thread():
+        return torch.linalg.qr(a).Q
 
 
 def leading_vectors(x: Tensor, n: int, spectrum: ModeSpectrum, k: int) -> Tensor:
     """U_n: the k leading left singular vectors of A_(n) (I_n x k, orthonormal)."""
     if not spectrum.tall:
         return spectrum.vectors[:, :k].clone(memory_format=torch.contiguous_format)  # own storage
-    return torch.linalg.qr(unfolding(x, n) @ spectrum.vectors[:, :k]).Q
+    return orthonormal_basis(unfolding(x, n) @ spectrum.vectors[:, :k])
 
 
 def project(x: Tensor, factors: Factors) -> Tensor:
@@ -112,11 +146,11 @@ def project(x: Tensor, factors: Factors) -> Tensor:
 def one_thread() -> Iterator[None]:
     """Run the torch ops inside on one intra-op thread; the previous count is restored.
 
-    A HOSVD of an activation is a chain of small ops (Gram products of a few MFLOP, symmetric
-    eigenproblems of n <= a few hundred, thin QRs), where OpenMP fork/join and the LAPACK
-    reductions' many barriers cost more than a second thread gives back. Measured with 2
-    threads on 2 shared cores: ``eigh`` of a 256 x 256 Gram 2x faster on one thread, the
-    whole HOSVD of a 64x480x2x2 activation about 1.5-2x, no larger input slower.
+    Used for the LAPACK calls of a decomposition (symmetric eigenproblems, thin QRs), where
+    OpenMP fork/join and the reductions' many barriers cost more than a second thread gives
+    back (measured with 2 threads on 2 shared cores: ``eigh`` of a 256 x 256 Gram 2x faster
+    on one thread, of a 960 x 960 one 1.2x). The GEMMs (Gram matrices, power steps,
+    projections) run on the caller's threads, as the convolutions they stand beside do.
     ``torch.set_num_threads`` is process-wide: torch ops of other Python threads meanwhile
     run on one thread too (slower, never different).
     """
@@ -128,7 +162,6 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-@one_thread()
 def hosvd(x: Tensor, choose_ranks: RankChoice, modes: Sequence[int]) -> Tucker:
     """Truncated HOSVD: U_n = leading K_n left singular vectors of the ORIGINAL A_(n).
 
@@ -158,10 +191,18 @@ def hosvd(x: Tensor, choose_ranks: RankChoice, modes: Sequence[int]) -> Tucker:
 def subspace_iteration(x: Tensor, previous: Factors, ranks: Sequence[int]) -> Tucker:
     """One warm-started subspace (power) iteration per mode (ASI), then the core.
 
-    U_n <- orth(A_(n) (A_(n)^T U_n^prev)) by QR, evaluated as ((U^T A) A^T)^T: two thin
-    products whose output rows are the K_n columns (measured 10-17x faster on CPU than
-    A (A^T U), whose GEMMs have a tall transposed operand). A mode whose previous factor does
-    not fit (first step, new batch size) starts from its Gram eigenvectors instead.
+    U_n <- orth(A_(n) (A_(n)^T U_n^prev)) by QR. The product is evaluated in the cheaper of
+    two orders (same matrix, up to rounding):
+      thin:  ((U^T A) A^T)^T, two thin products whose output rows are the K_n columns
+             (measured 10-17x faster on CPU than A (A^T U), whose GEMMs have a tall
+             transposed operand): 4 K_n |X| flops;
+      Gram:  (A A^T) U with A A^T from ``gram_lower`` (about 1.25 I_n |X| flops at 4 blocks)
+             completed to the symmetric matrix, plus 2 I_n^2 K_n: used when the rank is a
+             large part of the mode, K_n > 3 I_n / 8 (measured on one thread, 64x576x14x14:
+             K = 238 thin 73 ms, Gram 57 ms; equal at K = 180; 64x960x7x7, K = 324: thin
+             40 ms, Gram 48 ms).
+    A mode whose previous factor does not fit (first step, new batch size) starts from its
+    Gram eigenvectors instead.
     """
     factors = []
     for n, (size, k) in enumerate(zip(x.shape, ranks, strict=True)):
@@ -172,7 +213,12 @@ def subspace_iteration(x: Tensor, previous: Factors, ranks: Sequence[int]) -> Tu
             factors.append(leading_vectors(x, n, mode_spectrum(x, n), k))
         else:
             a = unfolding(x, n)
-            factors.append(torch.linalg.qr(((u.T @ a) @ a.T).T).Q)
+            if 8 * k > 3 * size:
+                lower = gram_lower(a)
+                power = (lower.tril() + lower.tril(-1).T) @ u
+            else:
+                power = ((u.T @ a) @ a.T).T
+            factors.append(orthonormal_basis(power))
     factors = tuple(factors)
     return Tucker(project(x, factors), factors)
 
