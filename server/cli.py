@@ -1,14 +1,15 @@
 """The ``edgefed`` command line (typer + rich).
 
     edgefed run CONFIG [--engine simulation|deployment] [--out DIR] [--run-id ID]
-                       [--report-url URL] [--report-token TOKEN]
+                       [--report-url URL] [--report-token TOKEN | $EDGEFED_REPORT_TOKEN]
     edgefed devices
     edgefed methods
     edgefed plan --device D --model M
     edgefed fleet up|down|status
     edgefed sweep SWEEP [--engine E] [--out DIR]
     edgefed demo
-    edgefed dashboard [--host H] [--port P] [--db URL] [--token T] [--launch FILE]
+    edgefed dashboard [--host H] [--port P] [--db URL] [--token T] [--data-dir DIR]
+                      [--max-runs N] [--launch FILE]
     edgefed compose [--fleet FLEET] [--out FILE] [--tls]
 
 A config file that is refused (unreadable, bad syntax, any wrong field) stops the command before
@@ -94,7 +95,9 @@ def run(
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
     run_id: Annotated[str | None, typer.Option(help="run id used in events")] = None,
     report_url: Annotated[str, typer.Option(help="POST every event here")] = "",
-    report_token: Annotated[str, typer.Option(help="bearer token for report-url")] = "",
+    report_token: Annotated[str, typer.Option(
+        envvar="EDGEFED_REPORT_TOKEN", show_envvar=True,
+        help="bearer token for report-url (prefer the variable: argv is world-readable)")] = "",
 ) -> None:
     """Run one experiment: progress per round, a per-client table at the end."""
     config = load_experiment(config_path)
@@ -392,9 +395,17 @@ def dashboard(
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
     db: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default: SQLite file)")] = None,
-    token: Annotated[str | None, typer.Option(help="bearer token for mutating endpoints")] = None,
+    token: Annotated[str | None, typer.Option(help=(
+        "bearer token for mutating endpoints (prefer EDGEFED_DASHBOARD_TOKEN: argv is "
+        "world-readable)"))] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="folder of the SQLite database (unless --db) and the run folders "
+             "(default runs/dashboard)")] = None,
+    max_runs: Annotated[int | None, typer.Option(
+        help="runs executed at once (default 1; 0 pauses the queue)")] = None,
     launch: Annotated[list[Path] | None, typer.Option(
-        help="experiment YAML/JSON to create and launch at startup (repeatable)")] = None,
+        help="experiment YAML/JSON to launch at startup (repeatable; an experiment with the "
+             "same config is reused, and nothing starts while one of its runs is active)")] = None,
 ) -> None:
     """Serve the experiment dashboard (FastAPI) until interrupted."""
     from pydantic import ValidationError
@@ -403,7 +414,8 @@ def dashboard(
     from server.dashboard.settings import Settings
 
     try:
-        serve(host=host, port=port, db_url=db, token=token, launch=launch or ())
+        serve(host=host, port=port, db_url=db, token=token, launch=launch or (),
+              data_dir=data_dir, max_concurrent_runs=max_runs)
     except ConfigError as error:  # a --launch file
         raise refuse(error) from None
     except ValidationError as error:  # the flags and EDGEFED_DASHBOARD_* variables
