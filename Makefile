@@ -21,7 +21,7 @@ PACKAGES = dataset-fashion-mnist $(shell $(PY) -c 'import ensurepip' 2>/dev/null
 test: PACKAGES += chromium chromium-driver docker-compose
 compose-test: PACKAGES += docker-compose docker.io debootstrap debian-archive-keyring
 
-.PHONY: run test install system data lint bench flwr-run compose-test clean
+.PHONY: run test fuzz install system data lint bench flwr-run compose-test clean
 
 system:
 	deploy/debian-packages.sh $(strip $(PACKAGES))
@@ -48,12 +48,18 @@ test: data
 	$(BIN)/ruff check .
 	EDGEFED_REQUIRE_BROWSER=1 $(BIN)/pytest -q
 
+# The dashboard API walked by schemathesis' stateful phase along the OpenAPI links (minutes).
+fuzz: $(STAMP)
+	$(BIN)/pytest -q -m fuzz tests/test_schemathesis.py
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: data
 	$(BIN)/python -m bench.ops
 	$(BIN)/python -m bench.pareto
+	$(BIN)/python -m bench.federated
+	$(BIN)/python -m bench.binding
 	$(BIN)/python -m bench.fleet
 	$(BIN)/python -m bench.cancel
 

@@ -149,7 +149,7 @@ def workload(clients: int, sampled: int, rounds: int) -> ExperimentConfig:
     return ExperimentConfig(
         name="bench-fleet", fleet=fleet_mix, rounds=rounds, fraction_train=sampled / clients,
         min_train_clients=sampled, local_steps=8, batch_size=16, samples_per_client=128,
-        test_samples=500, partitioner="iid", pretrain_epochs=1,
+        test_samples=500, partitioner="iid", pretrain_epochs=1, pretrain_samples=6000,
     )
 
 

@@ -1,12 +1,14 @@
 """Accuracy against activation memory for every method (the paper's Pareto plot), Setup B.
 
-Centralized Setup B on the default experiment's model and data (``examples/quickstart.yaml``:
-MobileNetV2 width 0.5, Fashion-MNIST at 32 px): the checkpoint pretrained on the server half
-(``common.train.pretrain_setup_b``, cached) is fine-tuned on a subsample of the client half with
-each method x last_k x parameter, then scored on two test subsets: ``accuracy`` on a uniform
-one (balanced classes) and ``client_accuracy`` on one with the class mix of the client half
-(the distribution the fine-tuning adapts to; Setup B's halves differ in class mix, so on the
-balanced set adapting to the client half can cost accuracy). Memory per point:
+Centralized Setup B on the credible experiment's model and data (``examples/credible.yaml``:
+MobileNetV2 width 0.5, Fashion-MNIST at 32 px, pretrained on the whole server half for 5
+epochs, ``common.train.pretrain_setup_b``, cached): for each seed the checkpoint is fine-tuned
+for one epoch on a seeded draw of ``--train-samples`` images of the client half (all of it by
+default) with each method x last_k x parameter, with the logit-adjusted loss of the client half's
+class prior (``--loss``; ``common.train.log_prior``), then scored on the full test set
+(``accuracy``, balanced classes) and on its largest subset with the client half's class mix
+(``client_accuracy``, the distribution the fine-tuning data follow). Each point is the mean over
+the seeds with the min-max range. Memory per point (the largest over seeds):
 
 - ``activation_bytes``: measured with ``common.memory.measure`` -- everything autograd keeps for
   backward (wrapped layers' factors, BatchNorm/ReLU residue, dropout noise, loss), the larger of
@@ -15,13 +17,11 @@ balanced set adapting to the client half can cost accuracy). Memory per point:
   over all fine-tuning steps (eps-ranks change every batch).
 
 Prints a table, writes ``bench/results/pareto.json`` and ``pareto.png`` (log-x memory vs accuracy,
-one series per method variant, the Pareto front circled), and ends with a summary drawn from
-the numbers. Cost: 45 points, each fine-tuned for train_samples / 32 steps and evaluated on two
-test subsets. The committed results used ``--train-samples 3200 --test-samples 2000 --threads 1``
-and took 35 min on a 2-core machine shared with other jobs (load average 15 to 90); the smaller
-defaults (75 steps, 1500 + 1500 test images) are sized for under 20 min on 2 idle cores.
+one series per method variant, the Pareto front circled, intervals as error bars), and ends with
+a summary drawn from the means. The committed run's arguments, wall time and load average are in
+its JSON and the README.
 
-    python -m bench.pareto [--train-samples 3200] [--test-samples 2000] [--threads N]
+    python -m bench.pareto [--train-samples N] [--test-samples N] [--seeds 0 1 2] [--threads N]
 """
 
 from __future__ import annotations
@@ -29,31 +29,41 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from common.compression import compressed_bytes, layer_ranks, trainable_layers, wrap_last_layers
 from common.config import ExperimentConfig
-from common.data import labels_of, load_dataset, matched_subset, subsample
+from common.data import dataset_spec, labels_of, load_dataset, matched_subset, subsample
 from common.memory import format_bytes, measure
-from common.train import batchnorm_eval, evaluate, pretrain_setup_b, setup_b_data, sgd, train
+from common.train import (
+    batchnorm_eval,
+    log_prior,
+    pretrain_setup_b,
+    setup_b_data,
+    sgd,
+    train,
+)
 from common.validate import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+CREDIBLE = ROOT / "examples" / "credible.yaml"
 RESULTS = Path(__file__).resolve().parent / "results"
 LAST_K = ("1", "2", "4", "8", "all")
-TOLERANCE = 0.01  # 1 accuracy point, about one standard error at 1500-2000 test images
+DEFAULT_LAST_K = ("1", "2", "4", "all")
+TOLERANCE = 0.005  # half a point: about 1.5 standard errors of one 10,000-image accuracy
 ACCURACIES = {"client_accuracy": "client-mix test", "accuracy": "balanced test"}
 MEMORIES = {"activation_bytes": "measured activation memory",
             "compressed_bytes": "paper's compressed bytes"}
@@ -79,19 +89,28 @@ VARIANTS = (
     Variant("asi eps0.8", "asi", (("eps", 0.8),)),
     Variant("asi eps0.9", "asi", (("eps", 0.9),)),
 )
+DEFAULT_VARIANTS = ("vanilla", "gradfilter R2", "gradfilter R4", "svd eps0.8", "svd eps0.9",
+                    "hosvd eps0.8", "hosvd eps0.9", "asi eps0.8")
 COLORS = {"vanilla": "black", "gradfilter": "tab:orange", "svd": "tab:blue",
           "hosvd": "tab:red", "asi": "tab:green"}
 
 
 @dataclass(frozen=True)
 class Point:
-    """One fine-tuned configuration and what it cost."""
+    """One fine-tuned configuration and what it cost: accuracies are means over ``seeds`` with
+    their min-max range (``*_low``, ``*_high``), memory the largest over seeds, ``step_ms`` the
+    mean and ``ranks`` the first seed's."""
 
     label: str
     method: str
     last_k: int
+    seeds: list[int]
     accuracy: float
+    accuracy_low: float
+    accuracy_high: float
     client_accuracy: float
+    client_accuracy_low: float
+    client_accuracy_high: float
     activation_bytes: int
     compressed_bytes: int
     compressed_bytes_mean: float
@@ -101,11 +120,36 @@ class Point:
     ranks: list[list[int]]
 
 
+@dataclass(frozen=True)
+class TestSets:
+    """The balanced and client-mix test sets as positions into one union of test images, so
+    that each model predicts every image once."""
+
+    images: Subset
+    parts: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, dataset: Dataset, **parts: np.ndarray) -> TestSets:
+        union = np.union1d(*parts.values()) if len(parts) > 1 else next(iter(parts.values()))
+        return cls(Subset(dataset, union.tolist()),
+                   {name: np.searchsorted(union, rows) for name, rows in parts.items()})
+
+    @torch.no_grad()
+    def accuracies(self, model: nn.Module) -> dict[str, float]:
+        """Accuracy of ``model`` (put in eval mode) on each part."""
+        model.eval()
+        correct = torch.cat([model(inputs).argmax(1) == targets for inputs, targets
+                             in DataLoader(self.images, batch_size=256)])
+        return {name: correct[rows].float().mean().item() for name, rows in self.parts.items()}
+
+
 def run_point(
     pretrained: nn.Module, variant: Variant, last_k: int, data: Subset,
-    tests: tuple[Subset, Subset], args: argparse.Namespace,
+    tests: TestSets, args: argparse.Namespace, seed: int,
+    adjustment: torch.Tensor | None,
 ) -> Point:
-    """Fine-tune a copy of ``pretrained`` with ``variant`` on its last ``last_k`` layers."""
+    """Fine-tune a copy of ``pretrained`` with ``variant`` on its last ``last_k`` layers (one
+    seed: a Point whose ranges are that seed's value)."""
     model = wrap_last_layers(copy.deepcopy(pretrained), variant.method, last_k,
                              **dict(variant.params))
     batchnorm_eval(model)
@@ -119,18 +163,42 @@ def run_point(
     before = measured()
     stored: list[int] = []
     started = time.perf_counter()
-    result = train(model, data, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+    result = train(model, data, lr=args.lr, batch_size=args.batch_size, seed=seed,
+                   logit_adjustment=adjustment,
                    on_step=lambda step, total, loss: stored.append(compressed_bytes(model)))
     seconds = time.perf_counter() - started
     after = measured()
-    (_, accuracy), (_, client_accuracy) = (evaluate(model, test) for test in tests)
+    scores = tests.accuracies(model)
+    accuracy, client_accuracy = scores["accuracy"], scores["client_accuracy"]
     return Point(
-        label=variant.label, method=variant.method, last_k=last_k, accuracy=accuracy,
-        client_accuracy=client_accuracy, activation_bytes=max(before[0], after[0]),
+        label=variant.label, method=variant.method, last_k=last_k, seeds=[seed],
+        accuracy=accuracy, accuracy_low=accuracy, accuracy_high=accuracy,
+        client_accuracy=client_accuracy, client_accuracy_low=client_accuracy,
+        client_accuracy_high=client_accuracy, activation_bytes=max(before[0], after[0]),
         compressed_bytes=max(stored), compressed_bytes_mean=statistics.fmean(stored),
         training_bytes=max(before[1], after[1]),
         peak_forward_bytes=max(before[2], after[2]), step_ms=1000 * seconds / result.steps,
         ranks=layer_ranks(model),
+    )
+
+
+def combine(runs: list[Point]) -> Point:
+    """One point from the same configuration's single-seed runs (see :class:`Point`)."""
+    first = runs[0]
+    acc = [p.accuracy for p in runs]
+    client = [p.client_accuracy for p in runs]
+    return Point(
+        label=first.label, method=first.method, last_k=first.last_k,
+        seeds=[s for p in runs for s in p.seeds], accuracy=statistics.fmean(acc),
+        accuracy_low=min(acc), accuracy_high=max(acc),
+        client_accuracy=statistics.fmean(client), client_accuracy_low=min(client),
+        client_accuracy_high=max(client),
+        activation_bytes=max(p.activation_bytes for p in runs),
+        compressed_bytes=max(p.compressed_bytes for p in runs),
+        compressed_bytes_mean=statistics.fmean(p.compressed_bytes_mean for p in runs),
+        training_bytes=max(p.training_bytes for p in runs),
+        peak_forward_bytes=max(p.peak_forward_bytes for p in runs),
+        step_ms=statistics.fmean(p.step_ms for p in runs), ranks=first.ranks,
     )
 
 
@@ -175,7 +243,8 @@ def summarize(points: list[Point], num_layers: int) -> list[str]:
                 strict, total = dominated_share(hosvd, others, memory, accuracy, 0.0)
                 loose, _ = dominated_share(hosvd, others, memory, accuracy, TOLERANCE)
                 verdicts.append(f"{family} {'yes' if loose == total else 'no'} "
-                                f"({strict}/{total} strictly, {loose}/{total} within 1 pt)")
+                                f"({strict}/{total} strictly, {loose}/{total} within "
+                                f"{100 * TOLERANCE:g} pt)")
             lines.append("  HOSVD Pareto-superior to: " + "; ".join(verdicts) + ".")
     vanilla_last = next(p for p in points if p.method == "vanilla" and p.last_k == 1)
     for p in (p for p in hosvd if p.last_k == num_layers):
@@ -184,8 +253,18 @@ def summarize(points: list[Point], num_layers: int) -> list[str]:
             lines.append(
                 f"{p.label} on all {num_layers} layers, {memory}: {format_bytes(mine)}, "
                 f"{'less' if mine < theirs else 'more'} than vanilla on the last layer "
-                f"({format_bytes(theirs)}); client-mix accuracy {p.client_accuracy:.2%} vs "
+                f"({format_bytes(theirs)}); balanced accuracy {p.accuracy:.2%} vs "
+                f"{vanilla_last.accuracy:.2%}, client-mix {p.client_accuracy:.2%} vs "
                 f"{vanilla_last.client_accuracy:.2%}."
+            )
+    for p in hosvd:
+        same = next((v for v in points if v.method == "vanilla" and v.last_k == p.last_k), None)
+        if same is not None:
+            lines.append(
+                f"{p.label} k={p.last_k} vs vanilla k={p.last_k}: balanced accuracy "
+                f"{100 * (p.accuracy - same.accuracy):+.2f} pt, "
+                f"{same.activation_bytes / p.activation_bytes:.1f}x less measured activation "
+                f"memory, {same.compressed_bytes / p.compressed_bytes:.1f}x less paper metric."
             )
     return lines
 
@@ -204,9 +283,14 @@ def plot(points: list[Point], baselines: dict[str, float], path: Path) -> None:
                 if not series:
                     continue
                 style = "--" if variant.params and variant.params[0][1] in (0.9, 4) else "-"
-                axis.plot([getattr(p, memory) for p in series],
-                          [getattr(p, accuracy) for p in series], style, marker="o", ms=4,
-                          color=COLORS[variant.method], label=variant.label)
+                ys = [getattr(p, accuracy) for p in series]
+                errors = [[y - getattr(p, f"{accuracy}_low") for p, y in zip(series, ys,
+                                                                             strict=True)],
+                          [getattr(p, f"{accuracy}_high") - y for p, y in zip(series, ys,
+                                                                              strict=True)]]
+                axis.errorbar([getattr(p, memory) for p in series], ys, yerr=errors,
+                              fmt=style, marker="o", ms=4, capsize=2,
+                              color=COLORS[variant.method], label=variant.label)
             front = pareto_front(points, memory, accuracy)
             xs, ys = [getattr(p, memory) for p in front], [getattr(p, accuracy) for p in front]
             axis.step(xs, ys, where="post", color="grey", lw=1, alpha=0.6)
@@ -220,7 +304,9 @@ def plot(points: list[Point], baselines: dict[str, float], path: Path) -> None:
             axis.grid(alpha=0.3)
     figure.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right center",
                   fontsize=8)
-    figure.suptitle("Setup B fine-tuning, last k in 1, 2, 4, 8, all Conv2d/Linear layers")
+    seeds = len(points[0].seeds)
+    figure.suptitle(f"Setup B fine-tuning, last k Conv2d/Linear layers; mean of {seeds} "
+                    "seeds, bars: min-max")
     figure.savefig(path, dpi=110)
 
 
@@ -232,7 +318,10 @@ def print_table(console: Console, points: list[Point], baselines: dict[str, floa
         table.add_column(column, justify="left" if column == "method" else "right",
                          no_wrap=True)
     for p in points:
-        table.add_row(p.label, str(p.last_k), f"{p.accuracy:.2%}", f"{p.client_accuracy:.2%}",
+        table.add_row(p.label, str(p.last_k),
+                      f"{p.accuracy:.2%} [{p.accuracy_low:.2%}, {p.accuracy_high:.2%}]",
+                      f"{p.client_accuracy:.2%} [{p.client_accuracy_low:.2%}, "
+                      f"{p.client_accuracy_high:.2%}]",
                       format_bytes(p.activation_bytes), format_bytes(p.compressed_bytes),
                       format_bytes(p.training_bytes), f"{p.step_ms:.0f}")
     console.print(table)
@@ -240,18 +329,22 @@ def print_table(console: Console, points: list[Point], baselines: dict[str, floa
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", type=Path, default=QUICKSTART,
+    parser.add_argument("--config", type=Path, default=CREDIBLE,
                         help="experiment whose model, data, seed and pretraining are used")
-    parser.add_argument("--train-samples", type=int, default=2400,
-                        help="fine-tuning subsample of the client half (one epoch)")
-    parser.add_argument("--test-samples", type=int, default=1500,
-                        help="size of each test subset (balanced, client-mix)")
+    parser.add_argument("--train-samples", type=int, default=None,
+                        help="seeded draw from the client half per seed, one epoch "
+                        "(default: all of it)")
+    parser.add_argument("--test-samples", type=int, default=None,
+                        help="cap on each test set (balanced, client-mix; default: the "
+                        "whole test set and its largest client-mix subset)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=[v.label for v in VARIANTS],
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--loss", choices=("logit-adjusted", "cross-entropy"),
+                        default="logit-adjusted", help="fine-tuning loss (client_loss)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_VARIANTS),
                         choices=[v.label for v in VARIANTS], metavar="VARIANT")
-    parser.add_argument("--last-k", nargs="+", default=list(LAST_K), choices=LAST_K)
+    parser.add_argument("--last-k", nargs="+", default=list(DEFAULT_LAST_K), choices=LAST_K)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -262,26 +355,31 @@ def main(argv: list[str] | None = None) -> list[Point]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(width=None if sys.stdout.isatty() else 170)
     started = time.perf_counter()
     config: ExperimentConfig = load_config(args.config)
     pretrained = pretrain_setup_b(config)
     _, client_half = setup_b_data(config)
-    indices = subsample(client_half.indices, args.train_samples, args.seed)
-    data = Subset(client_half.dataset, indices.tolist())
+    draws = {seed: Subset(client_half.dataset, subsample(
+        client_half.indices, args.train_samples, seed).tolist()) for seed in args.seeds}
     _, test_set = load_dataset(config.dataset, config.image_size)
-    balanced = subsample(range(len(test_set)), args.test_samples, args.seed)
+    balanced = subsample(range(len(test_set)), args.test_samples, config.seed)
     client_labels = labels_of(client_half.dataset)[client_half.indices]
-    client_mix = matched_subset(labels_of(test_set), client_labels, args.test_samples, args.seed)
-    tests = (Subset(test_set, balanced.tolist()), Subset(test_set, client_mix.tolist()))
-    baselines = {name: evaluate(pretrained, test)[1]
-                 for name, test in zip(("accuracy", "client_accuracy"), tests, strict=True)}
+    client_mix = matched_subset(labels_of(test_set), client_labels, args.test_samples,
+                                config.seed)
+    tests = TestSets.of(test_set, accuracy=balanced, client_accuracy=client_mix)
+    adjustment = None
+    if args.loss == "logit-adjusted":
+        adjustment = log_prior(torch.as_tensor(client_labels),
+                               dataset_spec(config.dataset).num_classes)
+    baselines = tests.accuracies(copy.deepcopy(pretrained))
     num_layers = len(trainable_layers(pretrained))
     ks = [num_layers if k == "all" else int(k) for k in args.last_k]
     points = []
     for variant in (v for v in VARIANTS if v.label in args.methods):
         for last_k in ks:
-            point = run_point(pretrained, variant, last_k, data, tests, args)
+            point = combine([run_point(pretrained, variant, last_k, draws[seed], tests, args,
+                                       seed, adjustment) for seed in args.seeds])
             points.append(point)
             console.print(
                 f"{point.label:>14} k={last_k:<3} acc {point.accuracy:.2%} "
@@ -303,6 +401,8 @@ def main(argv: list[str] | None = None) -> list[Point]:
         "num_layers": num_layers,
         "pretrained_accuracy": baselines,
         "seconds": time.perf_counter() - started,
+        "load_average": list(os.getloadavg()),
+        "test_images": {name: len(rows) for name, rows in tests.parts.items()},
         "points": [asdict(p) for p in points],
         "summary": summary,
     }

@@ -11,6 +11,11 @@ Simulated device time of a round:  t = steps * FLOPs(step) / flops + 8 * (down +
 with FLOPs(step) the forward and backward FLOPs of the measured first step, and the model's
 bytes sent down and up once. The measured first step (``common.memory.StepProbe``: memory and
 FLOPs) is the first of the ``local_steps`` training steps, not an extra one.
+
+The learning rate is the server's: the round's config carries ``lr`` and the slice of the cosine
+schedule this round covers (``lr-span-start``, ``lr-span-end``; see ``common.train.round_span``).
+With ``client_loss: logit-adjusted`` the loss adds the log of this node's class prior to the
+logits (``common.train.log_prior``), so its skew does not tilt the global classifier.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ from client.task import Node, client_dataset, resolve_node, trainable_sgd
 from common import wire
 from common.compression import layer_ranks, wrap_last_layers
 from common.config import ExperimentConfig
+from common.data import dataset_spec
 from common.devices import load_catalogue
 from common.memory import MemoryReport, OutOfBudget, StepProbe, cgroup_memory
 from common.record import ClientRecord
 from common.runconfig import experiment, settings_of
 from common.train import evaluate as evaluate_model
-from common.train import initial_model
+from common.train import initial_model, log_prior
 from common.train import train as train_model
 
 MAX_PLANS = 4
@@ -68,6 +74,14 @@ def _global_model(config: ExperimentConfig, msg: Message) -> nn.Module:
     return model
 
 
+def _schedule(msg: Message, config: ExperimentConfig) -> dict:
+    """``train`` keyword arguments for the learning rate the server sent for this round
+    (the experiment's ``lr`` and a full cosine if the server sent none)."""
+    sent = msg.content["config"]
+    return {"lr": float(sent.get("lr", config.lr)),
+            "span": (float(sent.get("lr-span-start", 0.0)), float(sent.get("lr-span-end", 1.0)))}
+
+
 def _model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
@@ -96,6 +110,10 @@ def train(msg: Message, context: Context) -> Message:
                                        generator=generator)))
     planner = _planner(config)
     mu = float(msg.content["config"].get("proximal-mu", 0.0))
+    schedule = _schedule(msg, config)
+    adjustment = None
+    if config.client_loss == "logit-adjusted":
+        adjustment = log_prior(data.tensors[1], dataset_spec(config.dataset).num_classes)
     for attempt in range(MAX_PLANS):  # a fit pick found over budget is re-planned around
         if attempt:  # the failed first step wrapped and stepped the model
             model = _global_model(config, msg)
@@ -108,7 +126,8 @@ def train(msg: Message, context: Context) -> Message:
                             generator=generator)
         probe = StepProbe(wrapped, node.device.budget_bytes, count_flops=True)
         try:
-            stats = train_model(wrapped, loader, trainable_sgd(wrapped, config.lr),
+            stats = train_model(wrapped, loader, trainable_sgd(wrapped, schedule["lr"]),
+                                span=schedule["span"], logit_adjustment=adjustment,
                                 epochs=config.local_epochs, max_steps=config.local_steps,
                                 proximal_mu=mu, probe=probe)
             break

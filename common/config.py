@@ -26,6 +26,8 @@ Partitioner = Literal["iid", "dirichlet", "pathological"]
 StrategyName = Literal["fedavg", "fedprox", "fedadam"]
 Policy = Literal["fixed", "fit"]
 Engine = Literal["simulation", "deployment"]
+ClientLoss = Literal["cross-entropy", "logit-adjusted"]
+LrSchedule = Literal["per-round", "across-rounds"]
 
 MAX_CLIENTS = 2000
 MAX_ROUNDS = 500
@@ -132,7 +134,17 @@ class ExperimentConfig(_Strict):
     local_epochs: int = Field(1, ge=1, le=50)
     local_steps: int | None = Field(None, ge=1, le=100_000, description="cap on local steps")
     batch_size: int = Field(32, ge=1, le=1024)
-    lr: float = Field(0.05, gt=0.0, le=10.0)
+    lr: float = Field(0.05, gt=0.0, le=10.0, description="peak client learning rate")
+    lr_schedule: LrSchedule = Field(
+        "across-rounds",
+        description="cosine decay of the client lr: over all rounds (the server sends each "
+        "round its slice) or restarted in every round",
+    )
+    client_loss: ClientLoss = Field(
+        "logit-adjusted",
+        description="client training loss; logit-adjusted adds log(local class prior) to the "
+        "logits, so skewed local data does not tilt the global classifier",
+    )
     compression: CompressionConfig = CompressionConfig()
     policy: Policy = "fit"
     round_timeout_s: float = Field(
@@ -141,7 +153,11 @@ class ExperimentConfig(_Strict):
         "that has not answered by then is recorded as failed",
     )
     pretrain_epochs: int = Field(
-        2, ge=0, le=100, description="Setup-B pretraining on the server half"
+        5, ge=0, le=100, description="Setup-B pretraining epochs on the server half"
+    )
+    pretrain_samples: int | None = Field(
+        None, ge=1, le=1_000_000,
+        description="cap on the server-half samples pretraining uses (seeded); none: all",
     )
     samples_per_client: int | None = Field(None, ge=1, le=1_000_000, description="cap per client")
     test_samples: int | None = Field(None, ge=1, le=1_000_000, description="cap on the test set")

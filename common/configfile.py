@@ -19,6 +19,7 @@ import yaml
 from common.config import ConfigError, Problem
 
 Format = Literal["yaml", "json"]
+MAX_DEPTH = 32  # an experiment nests 3 levels; deeper input is refused as a whole
 
 
 class _Loader(yaml.SafeLoader):
@@ -154,7 +155,22 @@ def parse(raw: bytes, source: str, fmt: Format) -> object:
         column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
         raise _syntax(source, line, column,
                       f"not UTF-8 text (byte 0x{raw[error.start]:02x})") from None
-    return _json(text, source) if fmt == "json" else _yaml(text, source)
+    data = _json(text, source) if fmt == "json" else _yaml(text, source)
+    if _depth(data) > MAX_DEPTH:  # later steps (validation, copies, echoes) recurse
+        raise _too_deep(source)
+    return data
+
+
+def _depth(data: object) -> int:
+    """How deeply lists and mappings nest in ``data`` (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(data, 1)]
+    while todo:
+        item, level = todo.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            todo.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def read(path: str | Path) -> object:

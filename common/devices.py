@@ -45,11 +45,23 @@ class DeviceProfile(BaseModel):
     description: str = Field("", max_length=500)
     ram_bytes: Bytes = Field(description="memory limit of the emulating process or container")
     budget_bytes: Bytes = Field(description="training memory: activations + grads + optimizer")
+    board_budget_bytes: Bytes | None = Field(
+        None, description="training memory the real board could give (RAM minus OS and "
+        "runtime); budget_bytes is smaller when scaled down for the small default workload")
+    budget_note: str = Field(
+        "", max_length=300, description="what the budget represents and where the number "
+        "comes from (tooltip text)")
     flops: Rate = Field(description="sustained compute speed, FLOP/s")
     uplink_bps: Rate
     downlink_bps: Rate
     availability: float = Field(ge=0.0, le=1.0, description="P(online in a round)")
     cpus: float = Field(gt=0.0, le=64.0, description="CPU share of the emulating container")
+
+    @property
+    def budget_scale(self) -> float | None:
+        """budget_bytes / board_budget_bytes: 1 at real scale, below 1 when scaled down."""
+        return None if self.board_budget_bytes is None else (
+            self.budget_bytes / self.board_budget_bytes)
 
     def transfer_seconds(self, bytes_down: int, bytes_up: int) -> float:
         """Seconds on the link: 8 * bytes / bandwidth, both directions."""

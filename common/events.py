@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.record import ClientRecord
+from common.record import SECONDS_MAX, ClientRecord
 
 RunStatus = Literal["queued", "running", "finished", "failed", "cancelled", "interrupted"]
 
@@ -26,7 +26,7 @@ class RoundResult(_Record):
     """Global metrics after aggregation; round 0 is the pretrained starting point."""
 
     round: int = Field(ge=0)
-    accuracy: float
+    accuracy: float = Field(ge=0, le=1)
     loss: float
     num_ok: int = Field(0, ge=0)
     num_failed: int = Field(0, ge=0)
@@ -41,7 +41,7 @@ class Event(_Record):
     """Envelope: exactly one of ``client``, ``round`` or ``state`` is set."""
 
     run_id: str = Field(max_length=64)
-    ts: float = Field(default_factory=time.time)
+    ts: float = Field(default_factory=time.time, ge=0, le=SECONDS_MAX)
     client: ClientRecord | None = None
     round: RoundResult | None = None
     state: RunState | None = None

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 ClientStatus = Literal["ok", "oom", "dropped", "error"]
 Phase = Literal["train", "evaluate"]
 Bytes = int | None
+SECONDS_MAX = 1e12  # bound of times in seconds (charts and sums stay finite)
 
 
 def _bytes(description: str) -> Any:
@@ -56,7 +57,7 @@ class ClientRecord(BaseModel):
     reason: str = Field("", max_length=2000)
     num_examples: int = Field(0, ge=0)
     train_loss: float | None = None
-    accuracy: float | None = None
+    accuracy: float | None = Field(None, ge=0, le=1)
     budget_bytes: Bytes = _bytes("the device's training-memory budget (constrains training)")
     training_bytes: Bytes = _bytes("activations kept + gradients + optimizer state")
     activation_bytes: Bytes = _bytes("activations autograd keeps for backward")
@@ -72,8 +73,8 @@ class ClientRecord(BaseModel):
     memory_limit_bytes: Bytes = _bytes("the ClientApp's cgroup memory limit")
     method: str | None = Field(None, max_length=20)
     last_k: int | None = Field(None, ge=0)
-    eps: float | None = None
+    eps: float | None = Field(None, ge=0, le=1)
     ranks: list[list[int]] | None = None
     batch_size: int | None = Field(None, ge=0)
-    wall_s: float | None = Field(None, ge=0)
-    sim_time_s: float | None = Field(None, ge=0)
+    wall_s: float | None = Field(None, ge=0, le=SECONDS_MAX)
+    sim_time_s: float | None = Field(None, ge=0, le=SECONDS_MAX)

@@ -7,6 +7,8 @@
 3. Run FedAvg / FedProx / FedAdam from ``flwr.serverapp.strategy``; every reply, and every
    sampled node that did not reply, becomes a ClientRecord event; after aggregation the global
    model is evaluated on the test set (round 0 = the pretrained model) as a RoundResult event.
+   Each round's train config carries the client learning rate and the slice of its cosine
+   schedule (:func:`round_config`), which clients follow.
 
 A client failure never stops the run: error replies are recorded and left out of aggregation.
 """
@@ -43,6 +45,7 @@ from common.events import RoundResult, RunState
 from common.record import ClientRecord
 from common.runconfig import experiment, settings_of
 from common.train import evaluate as evaluate_model
+from common.train import round_span
 from server import fleet
 from server.report import Reporter
 from server.task import pretrained_model, test_dataset
@@ -147,6 +150,14 @@ def client_record(reply: Message, phase: str, server_round: int, identity: tuple
         return wire.failed(wire.UNREADABLE, f"unreadable reply: {err}", *identity, **envelope)
 
 
+def round_config(config: ExperimentConfig, server_round: int) -> dict[str, float]:
+    """What round ``server_round``'s train messages tell clients about the learning rate:
+    ``lr`` and the slice [``lr-span-start``, ``lr-span-end``] of the cosine schedule
+    (``common.train.round_span`` of the experiment's ``lr_schedule``)."""
+    start, end = round_span(config.lr_schedule, server_round, config.rounds)
+    return {"lr": config.lr, "lr-span-start": start, "lr-span-end": end}
+
+
 class Reporting:
     """Strategy mixin: report every sampled node's outcome before the strategy aggregates."""
 
@@ -156,8 +167,9 @@ class Reporting:
     num_failed: int = 0
 
     def attach(self, reporter: Reporter, directory: NodeDirectory,
-               status: StatusLine) -> Reporting:
+               status: StatusLine, experiment: ExperimentConfig) -> Reporting:
         self.reporter, self.directory, self.status = reporter, directory, status
+        self.experiment = experiment
         self._sent: dict[str, list[int]] = {}
         return self
 
@@ -170,6 +182,7 @@ class Reporting:
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        config = ConfigRecord({**config, **round_config(self.experiment, server_round)})
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sent["train"] = [m.metadata.dst_node_id for m in messages]
         self.status(f"round {server_round}: {len(messages)} clients training", force=True)
@@ -287,7 +300,7 @@ def main(grid: Grid, context: Context) -> None:
         nodes = wait_for_nodes(grid, config.num_clients, status=status)
         status(f"asking {len(nodes)} nodes which device they are", force=True)
         strategy = make_strategy(config, len(nodes))
-        strategy.attach(reporter, NodeDirectory.ask(grid, config, nodes), status)
+        strategy.attach(reporter, NodeDirectory.ask(grid, config, nodes), status, config)
         strategy.watch(Path(settings.out_dir))
 
         def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -305,7 +318,7 @@ def main(grid: Grid, context: Context) -> None:
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=config.rounds,
             timeout=config.round_timeout_s,
-            train_config=ConfigRecord({"lr": config.lr}),
+            train_config=ConfigRecord(),
             evaluate_fn=central_evaluation,
         )
     finally:

@@ -1,14 +1,15 @@
 """The ``edgefed`` command line (typer + rich).
 
     edgefed run CONFIG [--engine simulation|deployment] [--out DIR] [--run-id ID]
-                       [--report-url URL] [--report-token TOKEN]
+                       [--report-url URL] [--report-token TOKEN | $EDGEFED_REPORT_TOKEN]
     edgefed devices
     edgefed methods
     edgefed plan --device D --model M
     edgefed fleet up|down|status
     edgefed sweep SWEEP [--engine E] [--out DIR]
     edgefed demo
-    edgefed dashboard [--host H] [--port P] [--db URL] [--token T] [--launch FILE]
+    edgefed dashboard [--host H] [--port P] [--db URL] [--token T] [--data-dir DIR]
+                      [--max-runs N] [--launch FILE]
     edgefed compose [--fleet FLEET] [--out FILE] [--tls]
 
 A config file that is refused (unreadable, bad syntax, any wrong field) stops the command before
@@ -94,11 +95,18 @@ def run(
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
     run_id: Annotated[str | None, typer.Option(help="run id used in events")] = None,
     report_url: Annotated[str, typer.Option(help="POST every event here")] = "",
-    report_token: Annotated[str, typer.Option(help="bearer token for report-url")] = "",
+    report_token: Annotated[str, typer.Option(
+        envvar="EDGEFED_REPORT_TOKEN", show_envvar=True,
+        help="bearer token for report-url (prefer the variable: argv is world-readable)")] = "",
 ) -> None:
     """Run one experiment: progress per round, a per-client table at the end."""
     config = load_experiment(config_path)
+    from common.train import pretraining_tradeoff  # imported late: torch is slow to import
     from server import runner  # imported late: `edgefed devices` stays fast
+
+    tradeoff = pretraining_tradeoff(config)
+    if tradeoff:
+        console.print(f"[yellow]note[/]: {tradeoff}")
 
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     out = out or Path("runs") / run_id
@@ -132,7 +140,8 @@ def run(
     if rounds:
         start = "pretrained" if config.pretrain_epochs else "initial"
         console.print(f"test accuracy {rounds[0].accuracy:.4f} ({start}) -> "
-                      f"{rounds[-1].accuracy:.4f} after round {rounds[-1].round}")
+                      f"{rounds[-1].accuracy:.4f} after round {rounds[-1].round}"
+                      + (" (reduced pretraining, see the note above)" if tradeoff else ""))
     console.print(f"flower status {outcome.status}, {outcome.wall_s:.1f} s; events in "
                   f"{out / 'events.jsonl'}")
     final = outcome.state
@@ -187,16 +196,22 @@ def client_table(results: object) -> Table:
 
 @app.command()
 def devices() -> None:
-    """List the device catalogue and its named fleets."""
+    """List the device catalogue and its named fleets; a budget scaled down from the real
+    board's (``board_budget_bytes``) is marked with its scale, and its note says why."""
     catalogue = load_catalogue()
     table = Table(title="device catalogue")
-    for column in ("name", "budget", "ram limit", "GFLOP/s", "up Mbit/s", "down Mbit/s",
-                   "availability", "cpus", "description"):
+    for column in ("name", "budget", "board budget", "ram limit", "GFLOP/s", "up Mbit/s",
+                   "down Mbit/s", "availability", "cpus", "description"):
         table.add_column(column)
     for p in catalogue.profiles.values():
-        table.add_row(p.name, _mib(p.budget_bytes), _mib(p.ram_bytes), f"{p.flops / 1e9:g}",
-                      f"{p.uplink_bps / 1e6:g}", f"{p.downlink_bps / 1e6:g}",
-                      f"{p.availability:.2f}", f"{p.cpus:g}", p.description)
+        scale = p.budget_scale
+        budget = _mib(p.budget_bytes) + ("" if scale is None or scale == 1.0
+                                         else f" (scaled 1/{1 / scale:.0f})")
+        description = "\n".join(part for part in (p.description, p.budget_note) if part)
+        table.add_row(p.name, budget, _mib(p.board_budget_bytes), _mib(p.ram_bytes),
+                      f"{p.flops / 1e9:g}", f"{p.uplink_bps / 1e6:g}",
+                      f"{p.downlink_bps / 1e6:g}", f"{p.availability:.2f}", f"{p.cpus:g}",
+                      description)
     console.print(table)
     for name, mix in catalogue.fleets.items():
         console.print(f"fleet [bold]{name}[/]: " + ", ".join(f"{n} x {d}" for d, n in mix.items()))
@@ -380,9 +395,17 @@ def dashboard(
     host: Annotated[str | None, typer.Option(help="address to bind (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
     db: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default: SQLite file)")] = None,
-    token: Annotated[str | None, typer.Option(help="bearer token for mutating endpoints")] = None,
+    token: Annotated[str | None, typer.Option(help=(
+        "bearer token for mutating endpoints (prefer EDGEFED_DASHBOARD_TOKEN: argv is "
+        "world-readable)"))] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="folder of the SQLite database (unless --db) and the run folders "
+             "(default runs/dashboard)")] = None,
+    max_runs: Annotated[int | None, typer.Option(
+        help="runs executed at once (default 1; 0 pauses the queue)")] = None,
     launch: Annotated[list[Path] | None, typer.Option(
-        help="experiment YAML/JSON to create and launch at startup (repeatable)")] = None,
+        help="experiment YAML/JSON to launch at startup (repeatable; an experiment with the "
+             "same config is reused, and nothing starts while one of its runs is active)")] = None,
 ) -> None:
     """Serve the experiment dashboard (FastAPI) until interrupted."""
     from pydantic import ValidationError
@@ -391,7 +414,8 @@ def dashboard(
     from server.dashboard.settings import Settings
 
     try:
-        serve(host=host, port=port, db_url=db, token=token, launch=launch or ())
+        serve(host=host, port=port, db_url=db, token=token, launch=launch or (),
+              data_dir=data_dir, max_concurrent_runs=max_runs)
     except ConfigError as error:  # a --launch file
         raise refuse(error) from None
     except ValidationError as error:  # the flags and EDGEFED_DASHBOARD_* variables

@@ -126,6 +126,14 @@ def run_config(
     }
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600), also when it existed with
+    a wider mode: never a moment where others could read it."""
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        os.fchmod(file.fileno(), 0o600)
+        file.write(text)
+
+
 def write_connection(flwr_home: Path, address: str, root_certificates: str | None = None) -> None:
     """A Flower config whose default SuperLink connection is ours: TLS verified against
     ``root_certificates`` if given, else insecure."""
@@ -229,9 +237,9 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(config.model_dump_json(indent=2))
     reporter = Reporter(run_id, out_dir, report_url, report_token)
-    overrides = out_dir / "run-config.toml"
-    overrides.write_text(tomli_w.dumps(run_config(config, out_dir, run_id, report_url,
-                                                  report_token)))
+    overrides = out_dir / "run-config.toml"  # holds the report token
+    write_private(overrides, tomli_w.dumps(run_config(config, out_dir, run_id, report_url,
+                                                      report_token)))
     procs.become_subreaper()
     children_before = {p.pid for p in procs.new_children(set())}
     flower_dir = out_dir / fleet.RUN_DIR

@@ -8,13 +8,17 @@ can, chosen by the experiment's name:
 - ``crash-*``: writes to stderr and exits 3;
 - ``stubborn-*``: starts a grandchild (``sleep``), ignores SIGTERM and waits forever (the runner
   must SIGKILL the whole group after its timeout);
-- ``slow-*``: reports running, then waits until SIGTERM, on which it exits 130.
+- ``slow-*``: reports running, then waits until SIGTERM, on which it exits 130;
+- ``long-*``: reports through edgefed's own :class:`server.report.Reporter` (file + POST, spool
+  and retry), one round a second for the config's ``rounds``: 3 client events and a round
+  event each, then ``finished``; exits 0. What a real run does, at a pace a test can outlast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,21 +27,30 @@ from pathlib import Path
 
 import httpx
 
+from common.events import RoundResult, RunState
+from common.record import ClientRecord
+from server.report import Reporter
+
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["run"])
     parser.add_argument("config")
-    for option in ("engine", "out", "run-id", "report-url", "report-token"):
+    for option in ("engine", "out", "run-id", "report-url"):
         parser.add_argument(f"--{option}", required=True)
+    parser.add_argument("--report-token", default=os.environ.get("EDGEFED_REPORT_TOKEN"))
     args = parser.parse_args()
-    name = json.loads(Path(args.config).read_text())["name"]
+    config = json.loads(Path(args.config).read_text())
+    name = config["name"]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     client = httpx.Client(headers={"Authorization": f"Bearer {args.report_token}"}, timeout=10)
 
     def post(**part: object) -> None:
         client.post(args.report_url, json={"run_id": args.run_id, **part}).raise_for_status()
 
+    if name.startswith("long"):
+        return long_run(args.run_id, Path(args.out), args.report_url, args.report_token,
+                        config["rounds"])
     if name.startswith("crash"):
         print("boom: the stand-in run crashed", file=sys.stderr)
         return 3
@@ -55,6 +68,21 @@ def main() -> int:
     for r in range(3):
         post(round={"round": r, "accuracy": 0.5 + 0.1 * r, "loss": 1.0 - 0.1 * r})
         time.sleep(0.2)
+    return 0
+
+
+def long_run(run_id: str, out: Path, url: str, token: str, rounds: int) -> int:
+    reporter = Reporter(run_id, out, url, token)
+    reporter.emit(state=RunState(status="running", message="stand-in"))
+    for r in range(1, rounds + 1):
+        for p in range(3):
+            reporter.emit(client=ClientRecord(
+                round=r, node_id=p, partition_id=p, device="rpi5", status="ok",
+                accuracy=0.5, activation_bytes=1000 * (p + 1)))
+        reporter.emit(round=RoundResult(round=r, accuracy=min(1.0, 0.01 * r), loss=1.0))
+        time.sleep(1.0)
+    reporter.emit(state=RunState(status="finished", message="stand-in done"))
+    reporter.close()
     return 0
 
 

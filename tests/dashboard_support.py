@@ -63,13 +63,16 @@ def alive(pid: int) -> bool:
 
 
 class DashboardProcess:
-    """``python -m server.dashboard`` as a subprocess; ``env`` adds EDGEFED_DASHBOARD_* values."""
+    """``python -m server.dashboard`` (or, with ``cli``, ``edgefed dashboard``) as a subprocess;
+    ``env`` adds EDGEFED_DASHBOARD_* values."""
 
     def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, cli: bool = False) -> None:
         self.data_dir = data_dir
         self.args = args
         self.env = env or {}
+        self.program = (["-c", "from server.cli import app; app()", "dashboard"] if cli
+                        else ["-m", "server.dashboard"])
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -77,7 +80,7 @@ class DashboardProcess:
 
     def __enter__(self) -> DashboardProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "server.dashboard", "--port", str(self.port),
+        command = [sys.executable, *self.program, "--port", str(self.port),
                    "--data-dir", str(self.data_dir), *self.args]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -105,10 +108,11 @@ class DashboardProcess:
         leader = psutil.Process(self.proc.pid)
         terminate(lambda: [leader], 30, group=self.proc.pid)
 
-    def create_experiment(self, config: dict) -> dict:
+    def create_experiment(self, config: dict, headers: dict | None = None) -> dict:
         """POST the experiment; the first validation builds the model (imports torch), which
         takes more than httpx's default 5 s on a loaded machine."""
-        response = httpx.post(f"{self.url}/api/experiments", json=config, timeout=60)
+        response = httpx.post(f"{self.url}/api/experiments", json=config, headers=headers,
+                              timeout=60)
         assert response.status_code == 201, response.text
         return response.json()
 

@@ -27,6 +27,7 @@ CHROMIUM = Path(os.environ.get("EDGEFED_CHROMIUM") or "/usr/bin/chromium")
 CHROMEDRIVER = Path(os.environ.get("EDGEFED_CHROMEDRIVER") or "/usr/bin/chromedriver")
 REQUIRE_ENV = "EDGEFED_REQUIRE_BROWSER"
 OUTPUT = REPO / "test-output"
+API_TIMEOUT_S = 60  # a shared, busy machine can answer slowly
 RUN_TIMEOUT_S = 480  # the real run: Flower + Ray start-up dominates on 2 shared cores
 
 pytestmark = pytest.mark.e2e
@@ -241,6 +242,115 @@ def test_run_page_follows_events_live(browser, tmp_path):
         browser.save_screenshot(str(OUTPUT / "dashboard-list.png"))
         errors = [e["message"] for e in browser.get_log("browser")]
         assert not errors, errors
+
+
+def attached_run(url: str, experiment_id: int, headers: dict | None = None) -> tuple[str, dict]:
+    body = httpx.post(f"{url}/api/experiments/{experiment_id}/attach", headers=headers,
+                      timeout=API_TIMEOUT_S).json()
+    return body["run"]["id"], {"Authorization": f"Bearer {body['report_token']}"}
+
+
+def report(url: str, run_id: str, run_headers: dict, **part: object) -> None:
+    response = httpx.post(f"{url}/api/runs/{run_id}/events", json={"run_id": run_id, **part},
+                          headers=run_headers, timeout=API_TIMEOUT_S)
+    assert response.status_code == 201, response.text
+
+
+def test_pages_show_api_errors_instead_of_loading_forever(browser, tmp_path):
+    wait = WebDriverWait(browser, 30)
+    with DashboardProcess(tmp_path, "--max-runs", "0") as server:
+        for path, expected in [("/runs/no-such-run", "run no-such-run not found"),
+                               ("/compare?run=missing", "run missing not found"),
+                               ("/compare?memory=bogus", "memory")]:
+            browser.get(f"{server.url}{path}")
+            wait.until(lambda d, e=expected: e in d.find_element(By.ID, "page-error").text)
+            assert "loading" not in browser.find_element(By.ID, "main").text
+
+
+def test_a_refused_launch_or_delete_shows_why(browser, tmp_path):
+    """A token-protected dashboard: 401 on launch and delete land in the same notice."""
+    wait = WebDriverWait(browser, 30)
+    admin = {"Authorization": "Bearer sesame"}
+    env = {"EDGEFED_DASHBOARD_TOKEN": "sesame"}
+    with DashboardProcess(tmp_path, "--max-runs", "0", env=env) as server:
+        config = {"name": "guarded", "fleet": [{"device": "rpi5", "count": 2}]}
+        experiment = server.create_experiment(config, admin)
+        browser.get(server.url)
+        row = f"tr[data-experiment='{experiment['id']}']"
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, row))
+        browser.find_element(By.CSS_SELECTOR, f"{row} button.primary").click()
+        notice = wait.until(lambda d: d.find_elements(By.ID, "notice"))[0]
+        assert "valid bearer token" in notice.text and "enter the dashboard's token" in notice.text
+        assert "/runs/" not in browser.current_url
+        notice.find_element(By.CSS_SELECTOR, "button.close").click()
+        browser.find_element(By.CSS_SELECTOR, f"{row} button.danger").click()
+        browser.switch_to.alert.accept()
+        notice = wait.until(lambda d: d.find_elements(By.ID, "notice"))[0]
+        assert "enter the dashboard's token" in notice.text
+        assert httpx.get(f"{server.url}/api/runs").json() == []  # nothing was launched
+
+
+def test_compare_labels_every_run_apart_and_fronts_finished_runs(browser, tmp_path):
+    wait = WebDriverWait(browser, 30)
+    with DashboardProcess(tmp_path, "--max-runs", "0") as server:
+        config = {"name": "same", "fleet": [{"device": "rpi5", "count": 2}], "rounds": 1}
+        experiment = server.create_experiment(config)
+        run_ids = []
+        for end in ("finished", "finished", "finished", "interrupted"):
+            run_id, headers = attached_run(server.url, experiment["id"])
+            report(server.url, run_id, headers, client={
+                "round": 1, "node_id": 0, "partition_id": 0, "device": "rpi5", "status": "ok",
+                "activation_bytes": 2**20 if end == "finished" else 2**18})
+            report(server.url, run_id, headers, round={"round": 1, "accuracy": 0.7, "loss": 1})
+            report(server.url, run_id, headers, state={"status": end})
+            run_ids.append(run_id)
+        browser.get(f"{server.url}/compare")
+        wait.until(lambda d: count(d, "#chart-pareto circle.point") == 3)  # finished only
+        labels = [t.text for t in browser.find_elements(By.CSS_SELECTOR,
+                                                        "#chart-pareto text.label")]
+        assert len(set(labels)) == 3 and all(label.startswith("same · ") for label in labels)
+        assert sorted(label.split(" · ")[1] for label in labels) == sorted(
+            r[:8] for r in run_ids[:3])
+        boxes = browser.execute_script(
+            "return [...document.querySelectorAll('#chart-pareto text.label')].map((t) => {"
+            "const b = t.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; })")
+        for i, a in enumerate(boxes):  # same results, same point: the labels still do not overlap
+            for b in boxes[i + 1:]:
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+        browser.find_element(By.ID, "include-unfinished").click()
+        wait.until(lambda d: count(d, "#chart-pareto circle.point") == 4)
+        errors = [e["message"] for e in browser.get_log("browser")]
+        assert not errors, errors
+
+
+@pytest.mark.parametrize("clients", [20, 100])
+def test_memory_chart_client_marks_stay_apart(browser, tmp_path, clients):
+    wait = WebDriverWait(browser, 30)
+    with DashboardProcess(tmp_path, "--max-runs", "0") as server:
+        config = {"name": "many", "fleet": [{"device": "rpi5", "count": clients}],
+                  "rounds": 1, "min_train_clients": 2}
+        experiment = server.create_experiment(config)
+        assert "id" in experiment, experiment
+        run_id, headers = attached_run(server.url, experiment["id"])
+        for p in range(clients):
+            status = ("ok", "oom", "dropped")[p % 3]
+            report(server.url, run_id, headers, client={
+                "round": 1, "node_id": p, "partition_id": p, "device": "rpi5", "status": status,
+                "activation_bytes": 2**20 if status == "ok" else None,
+                "training_bytes": 2**20 if status == "ok" else None, "budget_bytes": 2**21})
+        browser.get(f"{server.url}/runs/{run_id}")
+        wait.until(lambda d: count(d, "#chart-memory rect.bar") == (clients + 2) // 3)
+        marks = browser.execute_script(
+            "return [...document.querySelectorAll('#chart-memory .missing, "
+            "#chart-memory svg > text:not(.missing)')].filter((t) => !t.closest('.axis'))"
+            ".map((t) => { const b = t.getBoundingClientRect();"
+            " return [b.left, b.top, b.right, b.bottom, t.classList.contains('missing')]; })")
+        missing = [m for m in marks if m[4]]
+        assert len(missing) == clients - (clients + 2) // 3
+        for i, a in enumerate(marks):
+            for b in marks[i + 1:]:
+                apart = a[2] <= b[0] + 0.5 or b[2] <= a[0] + 0.5 or a[3] <= b[1] or b[3] <= a[1]
+                assert apart, (a, b)
 
 
 def test_method_lists_come_from_the_registry(browser, tmp_path):

@@ -140,11 +140,20 @@ def test_quickstart_is_valid() -> None:
     assert {config.policy_of(e) for e in config.fleet} == {"fit", "fixed"}
 
 
+def test_credible_example_runs_at_full_scale_with_the_drift_fixes() -> None:
+    config = load_experiment(EXAMPLES / "credible.yaml")
+    assert config.num_clients == 20 and config.rounds >= 5
+    assert config.pretrain_samples is None and config.pretrain_epochs >= 5
+    assert config.samples_per_client is None and config.test_samples is None
+    assert (config.client_loss, config.lr_schedule) == ("logit-adjusted", "across-rounds")
+
+
 def test_devices_lists_catalogue_and_fleets() -> None:
     result = runner.invoke(app, ["devices"])
     assert result.exit_code == 0, result.output
     for name in ("mcu", "rpi-zero", "rpi5", "jetson-nano", "phone", "quickstart", "compose-test"):
         assert name in result.output
+    assert "scaled 1/64" in result.output and "board budget" in result.output  # rpi5
 
 
 def test_plan_rejects_unknown_device() -> None:

@@ -51,9 +51,10 @@ def _catalogue(tmp_path: Path, budget_bytes: int) -> str:
     return str(path)
 
 
-def _train(config: ExperimentConfig, devices: str) -> Message:
+def _train(config: ExperimentConfig, devices: str, **sent: float) -> Message:
     arrays = ArrayRecord(initial_model(config).state_dict())
-    message = Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})}),
+    round_config = ConfigRecord({"server-round": 1, **sent})
+    message = Message(RecordDict({"arrays": arrays, "config": round_config}),
                       dst_node_id=1, message_type=MessageType.TRAIN)
     run_config = {"config-json": config.model_dump_json(), "devices": devices}
     context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2},
@@ -94,3 +95,20 @@ def test_a_fixed_device_over_budget_answers_out_of_memory(tmp_path: Path) -> Non
     assert reply.has_error() and reply.error.code == wire.OOM
     assert reply.error.reason.startswith("out of memory: needs ")
     assert reply.error.reason.endswith(" bytes, budget 1024")
+
+
+def test_the_client_follows_the_learning_rate_the_server_sends() -> None:
+    """The update's size follows the server's ``lr`` and cosine slice, not the config's lr."""
+    config = _config("fixed")
+    devices = str(catalogue_path())
+    start = torch.cat([t.flatten() for t in initial_model(config).state_dict().values()])
+
+    def moved(**sent: float) -> float:
+        reply = _train(config, devices, **sent)
+        assert not reply.has_error()
+        weights = reply.content["arrays"].to_torch_state_dict().values()
+        return (torch.cat([t.flatten() for t in weights]) - start).norm().item()
+
+    assert moved(**{"lr": 1e-9}) < 1e-6
+    assert moved(**{"lr": 0.5, "lr-span-start": 1.0, "lr-span-end": 1.0}) < 1e-6  # cosine end
+    assert moved(**{"lr": 0.5}) > 1e-3

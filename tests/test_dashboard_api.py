@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+import subprocess
 from typing import get_args
 
 import pytest
@@ -326,28 +327,35 @@ def test_export_one_run_and_all(client):
     assert "format" in field_errors(client.get("/api/export", params={"format": "xml"}))
 
 
-def test_compare_marks_the_pareto_front(client):
+def test_compare_marks_the_pareto_front_of_finished_runs(client):
     runs = {}
-    for name, kept, accuracy in [("small", 1_000, 0.6), ("big", 9_000, 0.8),
-                                 ("worse", 5_000, 0.5)]:
+    for name, kept, accuracy, end in [("small", 1_000, 0.6, "finished"),
+                                      ("big", 9_000, 0.8, "finished"),
+                                      ("worse", 5_000, 0.5, "finished"),
+                                      ("broken", 500, 0.9, "failed")]:
         run_id, headers = attach(client, create(client, name=name)["id"])
         post(client, run_id, headers, client_event(run_id, 1, 0, activation_bytes=kept,
                                                    peak_step_bytes=10 * kept))
         post(client, run_id, headers, client_event(run_id, 1, 1, status="oom"))
         post(client, run_id, headers, {"run_id": run_id, "round": {
             "round": 1, "accuracy": accuracy, "loss": 1.0}})
+        post(client, run_id, headers, {"run_id": run_id, "state": {"status": end}})
         runs[name] = run_id
     body = client.get("/api/compare", params={"run": list(runs.values())}).json()
     front = {r["experiment_name"]: r["pareto"] for r in body["runs"]}
-    assert front == {"small": True, "big": True, "worse": False}
+    assert front == {"small": True, "big": True, "worse": False, "broken": False}
     worse = next(r for r in body["runs"] if r["experiment_name"] == "worse")
     assert worse["num_oom"] == 1 and worse["activation_bytes_mean"] == 5000
     assert worse["memory_bytes"] == 5000 and worse["peak_step_bytes_max"] == 50_000
-    by_peak = client.get("/api/compare", params={"run": list(runs.values()),
+    by_peak = client.get("/api/compare", params={"run": list(runs.values())[:3],
                                                  "memory": "peak_step"}).json()
     assert {r["experiment_name"]: r["memory_bytes"] for r in by_peak["runs"]} == {
         "small": 10_000, "big": 90_000, "worse": 50_000}
-    assert len(client.get("/api/compare").json()["runs"]) == 3
+    every = client.get("/api/compare", params={"run": list(runs.values()),
+                                               "finished_only": "false"}).json()
+    front = {r["experiment_name"]: r["pareto"] for r in every["runs"]}
+    assert front == {"small": False, "big": False, "worse": False, "broken": True}
+    assert len(client.get("/api/compare").json()["runs"]) == 4
     assert client.get("/api/compare", params={"run": "missing"}).status_code == 404
 
 
@@ -375,16 +383,37 @@ def test_cancel_queued_run_and_delete_conflicts(client):
     assert client.delete(f"/api/experiments/{experiment['id']}").status_code == 204
 
 
-def test_restart_marks_runs_in_flight_interrupted(tmp_path):
+def test_restart_ends_only_runs_whose_process_is_gone(tmp_path):
     with make_client(tmp_path) as c:
-        run_id, headers = attach(c, create(c)["id"])
-        post(c, run_id, headers, client_event(run_id, 1, 0))
-        done_id, done_headers = attach(c, create(c)["id"])
+        experiment = create(c)["id"]
+        outside, headers = attach(c, experiment)
+        post(c, outside, headers, client_event(outside, 1, 0))
+        done_id, done_headers = attach(c, experiment)
         post(c, done_id, done_headers, {"run_id": done_id, "state": {"status": "finished"}})
+        queued = c.post(f"/api/experiments/{experiment}/launch").json()["id"]  # queue paused
+        lost = c.post(f"/api/experiments/{experiment}/launch").json()["id"]
+        exited = subprocess.Popen(["true"])  # noqa: S607 - a pid that is gone
+        exited.wait(10)
+        c.app.state.services.runlog.set_state(lost, "running", pid=exited.pid)
     with make_client(tmp_path) as c:
-        run = c.get(f"/api/runs/{run_id}").json()
-        assert run["run"]["status"] == "interrupted" and len(run["clients"]) == 1
+        run = c.get(f"/api/runs/{outside}").json()
+        assert run["run"]["status"] == "running" and len(run["clients"]) == 1  # its own to end
         assert c.get(f"/api/runs/{done_id}").json()["run"]["status"] == "finished"
+        assert c.get(f"/api/runs/{queued}").json()["run"]["status"] == "queued"
+        assert c.app.state.services.runner.knows(queued)  # queued again
+        gone = c.get(f"/api/runs/{lost}").json()["run"]
+        assert gone["status"] == "interrupted" and "restarted" in gone["message"]
+
+
+def test_an_event_sent_twice_is_stored_once(client):
+    run_id, headers = attach(client, create(client)["id"])
+    event = {**client_event(run_id, 1, 0), "ts": 1700000000.5}
+    first, again = post(client, run_id, headers, event), post(client, run_id, headers, event)
+    assert first == again
+    other = post(client, run_id, headers, {**event, "ts": 1700000001.5})  # a new event
+    post(client, run_id, headers, {"run_id": run_id, "state": {"status": "finished"}})
+    ids = [int(i) for i, kind, _ in stream_messages(client, run_id) if kind == "client"]
+    assert ids == [first["event_id"], other["event_id"]]
 
 
 def test_catalogue_schema_and_pages(client):
@@ -419,6 +448,16 @@ def test_a_run_that_cannot_start_fails_and_the_queue_goes_on(tmp_path):
                            ["status"] == "failed" and r, 30, "the run to fail")
             assert "runner error" in run["message"] and "no-such-edgefed" in run["message"]
         assert c.get("/api/info").status_code == 200
+
+
+def test_experiment_ids_are_never_reused_after_a_delete(tmp_path):
+    with make_client(tmp_path) as c:
+        first, last = create(c)["id"], create(c)["id"]
+        assert c.delete(f"/api/experiments/{last}").status_code == 204
+        assert create(c)["id"] == last + 1
+    with make_client(tmp_path) as c:  # nor after a restart
+        assert c.delete(f"/api/experiments/{last + 1}").status_code == 204
+        assert create(c)["id"] == last + 2 and first < last
 
 
 def test_upsert_on_postgresql_and_on_dialects_without_one(tmp_path, monkeypatch):

@@ -1,14 +1,27 @@
-"""kill -9 of the dashboard: every acknowledged event survives, in-flight runs show interrupted,
-and the run's process is stopped by the restarted dashboard."""
+"""kill -9 of the dashboard: every acknowledged event survives; what runs report while it is down
+reaches the database once it is back, exactly once; a restarted dashboard re-attaches to the runs
+still going (and can cancel them) and marks those whose process is gone interrupted."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.dashboard_support import DashboardProcess, alive, tiny_config, wait_for
+from common.events import Event
+from server.dashboard.store import digest
+from tests.dashboard_support import (
+    DashboardProcess,
+    alive,
+    tiny_config,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -39,28 +52,93 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path):
         after = httpx.get(f"{server.url}/api/runs/{run_id}").json()
         assert after["rounds"] == before["rounds"] and len(after["rounds"]) == 5
         assert after["clients"] == before["clients"] and len(after["clients"]) == 20
-        assert after["run"]["status"] == "interrupted"
-        assert "restarted" in after["run"]["message"]
+        assert after["run"]["status"] == "running"  # its outside process ends it, not a restart
         finished = httpx.get(f"{server.url}/api/runs/{done['run']['id']}").json()
         assert finished["run"]["status"] == "finished"
+        end = {"run_id": run_id, "state": {"status": "failed", "message": "outside"}}
+        assert httpx.post(f"{server.url}/api/runs/{run_id}/events", json=end, headers={
+            "Authorization": f"Bearer {attached['report_token']}"}).status_code == 201
         events = httpx.get(f"{server.url}/api/runs/{run_id}/stream", timeout=10).text
         assert events.count("event: client") == 20 and "event: end" in events
 
 
-def test_restart_stops_a_run_process_left_behind(tmp_path):
+def launch(server: DashboardProcess, **config: object) -> str:
+    experiment = server.create_experiment(tiny_config(**config))
+    return httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch").json()["id"]
+
+
+def run_of(server: DashboardProcess, run_id: str) -> dict:
+    return httpx.get(f"{server.url}/api/runs/{run_id}").json()
+
+
+def stored_once(db: Path, run_id: str, events_file: Path) -> int:
+    """Asserts every event of the run's file is in the database exactly once; returns how
+    many the file holds."""
+    lines = [line for line in events_file.read_text().splitlines() if line]
+    wanted = [digest(Event.model_validate_json(line).model_dump_json()) for line in lines]
+    with sqlite3.connect(db) as connection:
+        stored = Counter(dict(connection.execute(
+            "select digest, count(*) from events where run_id = ? group by digest", (run_id,))))
+    assert len(set(wanted)) == len(wanted)
+    assert {d: stored[d] for d in wanted} == dict.fromkeys(wanted, 1)
+    return len(wanted)
+
+
+def test_events_reported_while_the_dashboard_is_down_arrive_exactly_once(tmp_path):
     probe = DashboardProcess(tmp_path)
     env = probe.fake_runs()
-    with DashboardProcess(tmp_path, env=env) as server:
-        experiment = server.create_experiment(tiny_config(name="slow-orphan"))
-        run_id = httpx.post(f"{server.url}/api/experiments/{experiment['id']}/launch").json()["id"]
-        detail = wait_for(lambda: (d := httpx.get(f"{server.url}/api/runs/{run_id}").json())
-                          ["run"]["status"] == "running" and d, 30, "the run to start")
+    with DashboardProcess(tmp_path, "--max-runs", "2", env=env) as server:
+        going = launch(server, name="long-going", rounds=80)
+        ending = launch(server, name="long-ending", rounds=20)
+        wait_for(lambda: len(run_of(server, going)["rounds"]) >= 3, 60, "three rounds")
         server.kill9()
     pid = sqlite3.connect(tmp_path / "dashboard.db").execute(
-        "select pid from runs where id = ?", (run_id,)).fetchone()[0]
-    assert alive(pid)  # the run outlived the dashboard: it has its own session
-    with DashboardProcess(tmp_path, env=env) as server:
-        after = httpx.get(f"{server.url}/api/runs/{run_id}").json()
-        assert after["run"]["status"] == "interrupted"
-        assert after["run"]["last_event_id"] >= detail["run"]["last_event_id"]
-        wait_for(lambda: not alive(pid), 20, "the orphaned run to be stopped")
+        "select pid from runs where id = ?", (going,)).fetchone()[0]
+    time.sleep(60)  # the dashboard stays down; both runs go on, one of them ends
+    assert alive(pid)
+    with DashboardProcess(tmp_path, "--max-runs", "2", env=env) as server:
+        ended = run_of(server, ending)  # imported before the server answers
+        assert ended["run"]["status"] == "finished"
+        assert ended["run"]["message"] == "stand-in done"
+        assert len(ended["rounds"]) == 20 and len(ended["clients"]) == 60
+        files = tmp_path / "runs"
+        assert stored_once(tmp_path / "dashboard.db", ending,
+                           files / ending / "out" / "events.jsonl") == 1 + 20 * 4 + 1
+        assert run_of(server, going)["run"]["status"] == "running"  # re-attached
+        detail = wait_for(lambda: (d := run_of(server, going))["run"]["status"] != "running"
+                          and d, 60, "the re-attached run to end")
+        assert detail["run"]["status"] == "finished"
+        assert len(detail["rounds"]) == 80 and len(detail["clients"]) == 240
+        assert stored_once(tmp_path / "dashboard.db", going,
+                           files / going / "out" / "events.jsonl") == 1 + 80 * 4 + 1
+
+
+def test_restart_re_attaches_to_a_live_run_and_interrupts_a_gone_one(tmp_path):
+    probe = DashboardProcess(tmp_path)
+    env = {**probe.fake_runs(), "EDGEFED_DASHBOARD_CANCEL_TIMEOUT_S": "2"}
+    with DashboardProcess(tmp_path, "--max-runs", "2", env=env) as server:
+        live = launch(server, name="slow-live")
+        gone = launch(server, name="slow-gone")
+        for run_id in (live, gone):  # their own first report is in: they run on from here
+            wait_for(lambda r=run_id: run_of(server, r)["run"]["message"] == "stand-in", 60,
+                     "the runs to start")
+        queued = launch(server, name="ok-queued")
+        server.kill9()
+    db = sqlite3.connect(tmp_path / "dashboard.db")
+    pids = dict(db.execute("select id, pid from runs where pid is not null").fetchall())
+    os.killpg(pids[gone], signal.SIGKILL)
+    wait_for(lambda: not alive(pids[gone]), 10, "the killed run to exit")
+    assert alive(pids[live])  # the run outlived the dashboard: it has its own session
+    with DashboardProcess(tmp_path, "--max-runs", "2", env=env) as server:
+        after = run_of(server, gone)["run"]
+        assert after["status"] == "interrupted" and "restarted" in after["message"]
+        assert run_of(server, live)["run"]["status"] == "running"
+        # the queued run is queued again (with a new token) and runs
+        finished = wait_for(lambda: (d := run_of(server, queued))["run"]["status"] not in
+                            ("queued", "running") and d, 60, "the re-queued run")
+        assert finished["run"]["status"] == "finished" and len(finished["rounds"]) == 3
+        assert httpx.post(f"{server.url}/api/runs/{live}/cancel").status_code == 202
+        wait_for(lambda: not alive(pids[live]), 20, "the adopted run to be stopped")
+        cancelled = wait_for(lambda: (d := run_of(server, live))["run"]["status"] != "running"
+                             and d, 20, "the adopted run to end")
+        assert cancelled["run"]["status"] == "cancelled"

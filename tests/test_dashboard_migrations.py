@@ -83,7 +83,7 @@ def test_an_ace9c78_database_upgrades_in_place_and_serves_its_runs(tmp_path: Pat
     assert _schema_differences(url) == []
     with create_engine(url).connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0002",)]
+            ("0003",)]
 
 
 def test_the_revisions_from_nothing_build_the_models_schema_and_downgrade(tmp_path: Path
@@ -104,7 +104,7 @@ def test_a_new_database_is_made_at_the_newest_revision(tmp_path: Path) -> None:
     assert _schema_differences(url) == []
     with create_engine(url).connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0002",)]
+            ("0003",)]
 
 
 def test_downgrade_keeps_the_old_runs(tmp_path: Path) -> None:

@@ -8,13 +8,21 @@ per test); ``test_dashboard_e2e.py`` launches the real ``edgefed run``.
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.dashboard_support import REPO, DashboardProcess, alive, tiny_config, wait_for
+from tests.dashboard_support import (
+    REPO,
+    DashboardProcess,
+    alive,
+    tiny_config,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -72,15 +80,41 @@ def test_cancel_kills_the_whole_group_after_the_timeout(server, tmp_path):
     wait_for(lambda: not alive(child), 10, "the grandchild to be gone")
 
 
-def test_launch_file_at_startup(tmp_path):
+def test_the_run_token_is_in_its_environment_never_in_argv(server):
+    run_id = launch(server, "slow-token")
+    detail = wait_for(lambda: (d := run_of(server, run_id))["run"]["message"] == "stand-in"
+                      and d, 30, "the run's own report (it needs the token)")
+    pid = sqlite3.connect(server.data_dir / "dashboard.db").execute(
+        "select pid from runs where id = ?", (run_id,)).fetchone()[0]
+    environ = dict(item.split(b"=", 1) for item in
+                   Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+    token = environ[b"EDGEFED_REPORT_TOKEN"]
+    assert len(token) >= 32 and Path(f"/proc/{pid}/environ").stat().st_mode & 0o077 == 0
+    assert token not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert detail["run"]["status"] == "running"
+    httpx.post(f"{server.url}/api/runs/{run_id}/cancel")
+    wait_for(lambda: ended(server, run_id), 30, "cancel")
+
+
+def test_launch_file_at_startup_reuses_its_experiment(tmp_path):
+    """As ``make run`` does it: ``edgefed dashboard --launch FILE``, twice (its --data-dir holds
+    the database and the run folders)."""
     config = tmp_path / "ok-startup.json"
     config.write_text(json.dumps(tiny_config(name="ok-startup")))
-    probe = DashboardProcess(tmp_path)
-    with DashboardProcess(tmp_path, "--launch", str(config), env=probe.fake_runs()) as server:
-        runs = httpx.get(f"{server.url}/api/runs").json()
-        assert [r["experiment_name"] for r in runs] == ["ok-startup"]
-        assert wait_for(lambda: ended(server, runs[0]["id"]), 60, "the run")["run"]["status"] \
-            == "finished"
+    data = tmp_path / "data"
+    probe = DashboardProcess(data)
+    for restart in (1, 2):
+        with DashboardProcess(data, "--launch", str(config), env=probe.fake_runs(),
+                              cli=True) as server:
+            experiments = httpx.get(f"{server.url}/api/experiments").json()
+            assert [e["name"] for e in experiments] == ["ok-startup"]
+            runs = httpx.get(f"{server.url}/api/runs").json()
+            assert len(runs) == restart and {r["experiment_id"] for r in runs} == {
+                experiments[0]["id"]}
+            assert wait_for(lambda s=server, r=runs[0]["id"]: ended(s, r), 60,
+                            "the run")["run"]["status"] == "finished"
+            assert (data / "runs" / runs[0]["id"] / "out").is_dir()
+    assert (data / "dashboard.db").is_file()
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -61,6 +61,50 @@ def test_cosine_schedule_and_restored_learning_rate() -> None:
     assert optimizer.param_groups[0]["lr"] == 0.4
 
 
+def test_span_continues_one_cosine_across_calls() -> None:
+    model = _classifier()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.4)
+    seen: list[float] = []
+    record = {"on_step": lambda step, total, loss: seen.append(optimizer.param_groups[0]["lr"])}
+    for r in (1, 2):  # two rounds of 4 steps cover one decay of 8 steps
+        T.train(model, _blobs(64), optimizer, batch_size=16, span=T.round_span(
+            "across-rounds", r, 2), **record)
+    steps = [0.4 * 0.5 * (1 + math.cos(math.pi * t / 8)) for t in (1, 2, 3, 4)]
+    later = [0.4 * 0.5 * (1 + math.cos(math.pi * (0.5 + t / 8))) for t in (1, 2, 3, 4)]
+    assert seen == pytest.approx(steps + later)
+    assert T.round_span("per-round", 3, 5) == (0.0, 1.0)
+    assert T.round_span("across-rounds", 3, 5) == (0.4, 0.6)
+    with pytest.raises(ValueError, match="server_round"):
+        T.round_span("across-rounds", 6, 5)
+    with pytest.raises(ValueError, match="span"):
+        T.train(model, _blobs(), span=(0.5, 0.2))
+
+
+def test_log_prior_is_the_smoothed_class_prior() -> None:
+    prior = T.log_prior(torch.tensor([0, 0, 0, 2]), 3).exp()
+    assert prior.tolist() == pytest.approx([4 / 7, 1 / 7, 2 / 7])
+    with pytest.raises(ValueError, match="labels"):
+        T.log_prior(torch.tensor([0, 3]), 3)
+
+
+def test_logit_adjustment_undoes_a_skewed_label_prior() -> None:
+    """Classes 0/1 overlap (same inputs), with 0 nine times as frequent: plain cross-entropy
+    learns to favour 0, the logit-adjusted loss learns the balanced posterior (equal logits)."""
+    inputs = torch.ones(200, 1)
+    labels = (torch.arange(200) % 10 == 0).long()
+    data = TensorDataset(inputs, labels)
+
+    def margin(adjustment: torch.Tensor | None) -> float:
+        model = nn.Linear(1, 2)
+        T.train(model, data, epochs=30, lr=0.5, batch_size=50, logit_adjustment=adjustment)
+        with torch.no_grad():
+            logits = model(torch.ones(1, 1))[0]
+        return (logits[0] - logits[1]).item()
+
+    assert margin(None) > 1.5  # log(0.9 / 0.1) = 2.2
+    assert abs(margin(T.log_prior(labels, 2))) < 0.2
+
+
 def test_gradient_norm_is_clipped() -> None:
     model = nn.Linear(4, 2)
     data = TensorDataset(1000 * torch.randn(8, 4), torch.zeros(8, dtype=torch.int64))
@@ -103,6 +147,7 @@ def test_evaluate_is_exact_and_restores_modes() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"epochs": 0}, "epochs"), ({"max_steps": 0}, "max_steps"), ({"proximal_mu": -1}, "mu"),
+     ({"span": (0.0, 1.5)}, "span"),
      ({"data": TensorDataset(torch.zeros(0, 4), torch.zeros(0))}, "data")],
 )
 def test_train_rejects_bad_arguments(kwargs: dict, field: str) -> None:
@@ -121,21 +166,22 @@ def _config(**fields: object) -> ExperimentConfig:
 
 def test_pretrain_caches_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGEFED_CACHE", str(tmp_path))
-    config = _config()
+    config = _config(pretrain_samples=128)
     steps: list[int] = []
-    first = T.pretrain_setup_b(config, max_samples=128, on_step=lambda s, t, loss: steps.append(s))
+    first = T.pretrain_setup_b(config, on_step=lambda s, t, loss: steps.append(s))
     assert steps == list(range(1, 3))  # 128 samples, batch 64, one epoch
-    path = T.checkpoint_path(config, 128)
+    path = T.checkpoint_path(config)
     assert path.is_file() and path.parent == tmp_path / "checkpoints"
     steps.clear()
-    second = T.pretrain_setup_b(config, max_samples=128, on_step=lambda s, t, loss: steps.append(s))
+    second = T.pretrain_setup_b(config, on_step=lambda s, t, loss: steps.append(s))
     assert steps == []
     assert all(torch.equal(a, b) for a, b in zip(
         first.state_dict().values(), second.state_dict().values(), strict=True))
     untrained = T.initial_model(config)
     assert not torch.equal(untrained.features[0][0].weight, first.features[0][0].weight)
-    assert T.checkpoint_path(_config(seed=1), 128) != path
-    assert T.checkpoint_path(config, 256) != path
+    for change in ({"seed": 1}, {"pretrain_samples": 256}, {"pretrain_samples": None},
+                   {"pretrain_epochs": 2}, {"width": 0.5}, {"image_size": 28}):
+        assert T.checkpoint_path(_config(**{"pretrain_samples": 128, **change})) != path
 
 
 def test_no_pretraining_gives_the_seeded_model() -> None:
@@ -156,3 +202,11 @@ def test_no_pretraining_gives_the_seeded_model() -> None:
 )
 def test_wrap_params(compression: dict, params: dict) -> None:
     assert CompressionConfig(**compression).wrap_params() == params
+
+
+def test_reduced_pretraining_is_named_with_what_it_trades_away() -> None:
+    assert T.pretraining_tradeoff(_config(pretrain_epochs=5)) is None
+    capped = T.pretraining_tradeoff(_config(pretrain_epochs=5, pretrain_samples=6000))
+    assert capped is not None and "6,000 samples" in capped and "credible" in capped
+    assert "1 epochs" in T.pretraining_tradeoff(_config(pretrain_epochs=1))
+    assert "untrained" in T.pretraining_tradeoff(_config(pretrain_epochs=0))

@@ -13,6 +13,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from common.config import ExperimentConfig
@@ -23,35 +24,56 @@ from server.dashboard.broker import Broker
 from server.dashboard.cache import ResponseCache
 from server.dashboard.db import Database
 from server.dashboard.deps import Services
-from server.dashboard.runner import Runner, stop_orphan
+from server.dashboard.models import Experiment
+from server.dashboard.openapi import openapi_schema
+from server.dashboard.runner import QueueFull, Runner
 from server.dashboard.security import RequestGuard
 from server.dashboard.settings import Settings, is_loopback
 from server.dashboard.store import Conflict, NotFound, RunLog
 from server.dashboard.validation import json_safe
 
 log = logging.getLogger(__name__)
-RESTARTED = "the dashboard restarted while the run was in flight"
+RESTARTED = "the dashboard restarted and the run's process was gone"
 
 
 def launch(services: Services, config: ExperimentConfig) -> str:
-    """Create and queue an experiment; returns the run id."""
-    experiment_id = services.runlog.create_experiment(config)
+    """Queue a run of ``config``; returns the run id. The newest experiment with exactly this
+    config is reused (a restart does not duplicate it); when one of its runs is still active
+    (re-attached or re-queued at startup), that run is the answer and nothing new starts."""
+    query = (select(Experiment).where(Experiment.config_json == config.model_dump_json())
+             .order_by(Experiment.id.desc()).limit(1))
+    with services.db.read() as session:
+        experiment = session.scalars(query).first()
+        active = [run.id for run in experiment.runs if run.active] if experiment else []
+    if active:
+        log.info("%s: run %s is still active; nothing new launched", config.name, active[-1])
+        return active[-1]
+    experiment_id = (experiment.id if experiment is not None
+                     else services.runlog.create_experiment(config))
     run_id, token = services.runlog.create_run(experiment_id, "simulation", external=False)
     services.runner.submit(run_id, token)
-    log.info("launched %s as run %s", config.name, run_id)
+    log.info("launched %s as run %s of experiment %d", config.name, run_id, experiment_id)
     return run_id
 
 
 def recover(services: Services) -> None:
-    """Runs left active by an earlier process become interrupted; their processes are stopped."""
-    for run_id, pid in services.runlog.interrupt_active(RESTARTED):
-        if pid is not None:
-            threading.Thread(target=stop_orphan, daemon=True,
-                             args=(run_id, pid, services.settings.cancel_timeout_s)).start()
+    """Runs an earlier dashboard process left active. Each one's ``events.jsonl`` is imported
+    first (it may say how the run ended); then one still running is re-attached
+    (:meth:`Runner.adopt`), one still queued is queued again with a new token, and one whose
+    process is gone becomes ``interrupted``. Runs fed by an outside process are left as they
+    are: that process re-sends what the dashboard missed and reports the end itself."""
+    for run in services.runlog.active_runs():
+        if run.external:
+            continue
+        services.runner.import_events(run.id)
+        if run.status == "queued":
+            services.runner.submit(run.id, services.runlog.renew_token(run.id))
+        elif not services.runner.adopt(run.id, run.pid):
+            services.runlog.set_state(run.id, "interrupted", RESTARTED)
 
 
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"detail": json_safe(jsonable_encoder(error.errors()))}, status_code=422)
+    return JSONResponse({"detail": jsonable_encoder(json_safe(error.errors()))}, status_code=422)
 
 
 async def _not_found(_: Request, error: NotFound) -> JSONResponse:
@@ -60,6 +82,11 @@ async def _not_found(_: Request, error: NotFound) -> JSONResponse:
 
 async def _conflict(_: Request, error: Conflict) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=409)
+
+
+async def _queue_full(_: Request, error: QueueFull) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=429,
+                        headers={"Retry-After": str(error.retry_after_s)})
 
 
 def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
@@ -86,13 +113,16 @@ def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
 
     app = FastAPI(  # no /docs, /redoc: FastAPI serves their scripts from a CDN
         title="edgefed dashboard", lifespan=lifespan, docs_url=None, redoc_url=None,
+        generate_unique_id_function=lambda route: route.name,  # operation ids: function names
         description="Configure, launch, watch and compare federated fine-tuning experiments "
         "on memory-capped edge devices.",
     )
     app.state.services = services
+    app.openapi = lambda: openapi_schema(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, _conflict)
+    app.add_exception_handler(QueueFull, _queue_full)
     for module in (experiments, runs, stream, export, meta, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC), name="static")

@@ -1,6 +1,8 @@
 """ORM tables: experiments, their runs, and what runs report (the event log and its projections).
 
-``events`` is the append-only log the live stream replays (its ``id`` is the SSE event id);
+``events`` is the append-only log the live stream replays (its ``id`` is the SSE event id); an
+event's ``digest`` (SHA-256 of its JSON) is unique per run, so one re-sent or re-imported is
+stored once;
 ``rounds`` and ``clients`` are the same records as queryable rows, one per (run, round) and per
 (run, round, phase, partition), so a re-sent event replaces its row instead of doubling it.
 ``clients`` has one column per field of ``common.record.ClientRecord`` (derived, not declared);
@@ -43,6 +45,7 @@ class Base(DeclarativeBase):
 
 class Experiment(Base):
     __tablename__ = "experiments"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never reused after a delete
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
@@ -82,12 +85,14 @@ class Run(Base):
 
 class EventRow(Base):
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_run_id_id", "run_id", "id"),)
+    __table_args__ = (Index("ix_events_run_id_id", "run_id", "id"),
+                      UniqueConstraint("run_id", "digest", name="uq_events_run_id_digest"))
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(10))
     payload: Mapped[str] = mapped_column(Text)
+    digest: Mapped[str] = mapped_column(String(64))
 
 
 class RoundRow(Base):

@@ -114,9 +114,12 @@ def summarize(session: Session, run: Run, memory: MemoryMetric) -> RunSummary:
     )
 
 
-def mark_pareto(summaries: list[RunSummary]) -> list[RunSummary]:
-    """A run is on the front when no other run has memory <= and accuracy >= with one strict."""
-    points = [(s.memory_bytes, s.final_accuracy) for s in summaries]
+def mark_pareto(summaries: list[RunSummary], finished_only: bool = True) -> list[RunSummary]:
+    """A run is on the front when no other run has memory <= and accuracy >= with one strict.
+    With ``finished_only`` only finished runs compete (an interrupted or failed run's numbers
+    are those of an unfinished experiment): the others are never on the front."""
+    points = [(s.memory_bytes, s.final_accuracy) if s.status == "finished" or not finished_only
+              else (None, None) for s in summaries]
 
     def dominated(m: float, a: float) -> bool:
         return any(
@@ -130,9 +133,10 @@ def mark_pareto(summaries: list[RunSummary]) -> list[RunSummary]:
     ]
 
 
-def compare(session: Session, run_ids: list[str], memory: MemoryMetric) -> list[RunSummary]:
+def compare(session: Session, run_ids: list[str], memory: MemoryMetric,
+            finished_only: bool = True) -> list[RunSummary]:
     if run_ids:
         runs = [get_run(session, run_id) for run_id in dict.fromkeys(run_ids)]
     else:
         runs = list_runs(session, limit=200, offset=0)
-    return mark_pareto([summarize(session, run, memory) for run in runs])
+    return mark_pareto([summarize(session, run, memory) for run in runs], finished_only)

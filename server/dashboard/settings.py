@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     token: SecretStr | None = Field(None, description="bearer token for mutating endpoints")
     data_dir: Path = Field(Path("runs/dashboard"), description="database and run output folders")
     max_concurrent_runs: int = Field(1, ge=0, le=64, description="0 pauses the queue")
+    max_queued_runs: int = Field(100, ge=0, le=100_000,
+                                 description="launches beyond this many waiting runs get 429")
     cache_max_stale_s: float = Field(
         MAX_STALE_S, ge=0.0, le=10.0,
         description="how long a cached read may miss a run's streamed events (see cache.py)")
@@ -82,6 +84,10 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
+
+    def run_dir(self, run_id: str) -> Path:
+        """A run's folder: its config, the runner's log, the run's ``out`` folder."""
+        return (self.runs_dir / run_id).resolve()
 
     def token_matches(self, given: str | None) -> bool:
         """Constant-time comparison with the configured token (True when none is configured)."""

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Row, Table, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -104,10 +104,17 @@ class RunLog:
     def ingest(self, run_id: str, event: Event) -> int:
         """Store one reported event; returns its log id once it is committed.
 
-        Core statements, not ORM objects: this is the hot path (every client of every round).
+        Idempotent: an event already stored (same JSON, so same digest) changes nothing and
+        returns the id it was stored under. Core statements, not ORM objects: this is the hot
+        path (every client of every round).
         """
+        payload = event.model_dump_json()
         with self._write(streamed=event.state is None) as (session, logged):
             status, started_at = self._state(session, run_id)
+            known = session.connection().execute(
+                _KNOWN, {"k_run_id": run_id, "k_digest": digest(payload)}).scalar()
+            if known is not None:
+                return known
             if event.client is not None:
                 self._upsert(session, ClientRow, run_id, client_key(event.client),
                              client_row_values(event.client))
@@ -119,7 +126,7 @@ class RunLog:
             if event.state is not None or status == "queued":
                 moved = transition(status, started_at, state.status, state.message)
             event_id = self._log(session, logged, event, moved or {},
-                                 (moved or {}).get("status", status))
+                                 (moved or {}).get("status", status), payload)
         return event_id
 
     def set_state(self, run_id: str, status: RunStatus, message: str = "", *,
@@ -138,17 +145,21 @@ class RunLog:
                 session.execute(update(Run).where(Run.id == run_id).values(**values))
         return moved is not None
 
-    def interrupt_active(self, message: str) -> list[tuple[str, int | None]]:
-        """Mark every active run as interrupted; returns their (id, pid)."""
+    def active_runs(self) -> list[Row]:
+        """Queued and running runs, oldest first: ``id``, ``pid``, ``status``, ``external``."""
+        query = (select(Run.id, Run.pid, Run.status, Run.external)
+                 .where(Run.status.in_(ACTIVE)).order_by(Run.created_at))
+        with self.db.read() as session:
+            return list(session.execute(query).all())
+
+    def renew_token(self, run_id: str) -> str:
+        """A new ingestion token for a run that has not started (the old one was only known to
+        an earlier dashboard process); returns it, stores its hash."""
+        token = secrets.token_urlsafe(32)
         with self._write() as (session, logged):
-            query = select(Run.id, Run.pid, Run.status, Run.started_at).where(
-                Run.status.in_(ACTIVE))
-            lost = session.execute(query).all()
-            for run_id, _, status, started_at in lost:
-                state = RunState(status="interrupted", message=message)
-                self._log(session, logged, Event(run_id=run_id, state=state),
-                          transition(status, started_at, "interrupted", message), "interrupted")
-        return [(run_id, pid) for run_id, pid, _, _ in lost]
+            session.execute(update(Run).where(Run.id == run_id)
+                            .values(token_hash=hash_token(token)))
+        return token
 
     @staticmethod
     def _state(session: Session, run_id: str) -> tuple[str, float | None]:
@@ -174,15 +185,16 @@ class RunLog:
 
     @staticmethod
     def _log(session: Session, logged: list[FeedEvent], event: Event, run_values: dict,
-             status: str) -> int:
-        """Append ``event`` to the log (and to ``logged``); the run row gets its id and
-        ``run_values``; ``status`` is the run's status afterwards."""
+             status: str, payload: str | None = None) -> int:
+        """Append ``event`` (``payload``: its JSON, if already made) to the log and to
+        ``logged``; the run row gets its id and ``run_values``; ``status`` is the run's status
+        afterwards."""
         run_id = event.run_id
         kind = "client" if event.client else "round" if event.round else "state"
-        payload = event.model_dump_json()
+        payload = payload or event.model_dump_json()
         connection = session.connection()
         result = connection.execute(_LOG, {"v_run_id": run_id, "v_kind": kind,
-                                           "v_payload": payload})
+                                           "v_payload": payload, "v_digest": digest(payload)})
         event_id = result.inserted_primary_key[0]
         logged.append(FeedEvent(run_id, event_id, kind, payload, status))
         values = {"last_event_id": event_id, **run_values}
@@ -194,8 +206,16 @@ class RunLog:
 # an ORM statement per event costs more than executing it.
 _RUNS = Run.__table__
 _STATE = select(_RUNS.c.status, _RUNS.c.started_at).where(_RUNS.c.id == bindparam("k_id"))
-_LOG = insert(EventRow.__table__).values(
-    {c: bindparam(f"v_{c}") for c in ("run_id", "kind", "payload")})
+_EVENTS = EventRow.__table__
+_LOG = insert(_EVENTS).values(
+    {c: bindparam(f"v_{c}") for c in ("run_id", "kind", "payload", "digest")})
+_KNOWN = select(_EVENTS.c.id).where(_EVENTS.c.run_id == bindparam("k_run_id"),
+                                    _EVENTS.c.digest == bindparam("k_digest"))
+
+
+def digest(payload: str) -> str:
+    """An event's identity: SHA-256 of its JSON (a re-sent event has the same bytes)."""
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _params(prefix: str, values: dict) -> dict:

@@ -18,9 +18,12 @@ from starlette.concurrency import run_in_threadpool
 
 from common.config import ConfigError, ExperimentConfig, Problem
 from common.configfile import parse
+from common.events import Event
 from common.validate import check_experiment
 
 INT64 = 2**63
+ECHO_DEPTH = 16
+TOO_DEEP = "(nested too deeply to echo)"
 
 
 def problem_error(problem: Problem) -> dict:
@@ -45,20 +48,24 @@ async def checked_config(request: Request) -> ExperimentConfig:
         raise RequestValidationError([problem_error(p) for p in error.problems]) from None
 
 
-def json_safe(value: Any) -> Any:
-    """Non-finite floats (which JSON cannot carry) as strings, so any bad input can be echoed."""
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [json_safe(item) for item in value]
+def json_safe(value: Any, depth: int = ECHO_DEPTH) -> Any:
+    """``value`` as JSON can carry it back: non-finite floats as strings, tuples as lists, and
+    containers nested deeper than ``depth`` replaced by :data:`TOO_DEEP` (a refused input is
+    echoed in its 422, and an input can nest ~1,000 levels within the body limit: echoing all
+    of it would exhaust the stack)."""
+    if isinstance(value, dict | list | tuple):
+        if depth <= 0:
+            return TOO_DEEP
+        if isinstance(value, dict):
+            return {key: json_safe(item, depth - 1) for key, item in value.items()}
+        return [json_safe(item, depth - 1) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
 
 
-def invalid(loc: tuple, msg: str, value: Any = None) -> RequestValidationError:
-    return RequestValidationError([{"type": "value_error", "loc": ("body", *loc), "msg": msg,
-                                    "input": value}])
+def _error(loc: tuple, msg: str, value: Any = None) -> dict:
+    return {"type": "value_error", "loc": ("body", *loc), "msg": msg, "input": value}
 
 
 def storable_errors(value: Any, loc: tuple = ("body",), unsigned: frozenset = frozenset()
@@ -79,3 +86,14 @@ def storable_errors(value: Any, loc: tuple = ("body",), unsigned: frozenset = fr
     elif isinstance(value, float) and not math.isfinite(value):
         bad = "must be a finite number"
     return [] if bad is None else [{"type": "value_error", "loc": loc, "msg": bad, "input": value}]
+
+
+def event_errors(event: Event, run_id: str) -> list[dict]:
+    """Why the database must not take ``event`` for run ``run_id`` (empty: it may): another
+    run's id, not exactly one part set, numbers out of storable range."""
+    if event.run_id != run_id:
+        return [_error(("run_id",), f"run_id: {event.run_id!r} does not match the URL's "
+                       f"{run_id!r}", event.run_id)]
+    if sum(part is not None for part in (event.client, event.round, event.state)) != 1:
+        return [_error((), "exactly one of client, round, state must be set")]
+    return storable_errors(event.model_dump(), unsigned=frozenset({("client", "node_id")}))

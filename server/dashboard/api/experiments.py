@@ -21,7 +21,7 @@ from server.dashboard.deps import (
 )
 from server.dashboard.models import Experiment
 from server.dashboard.queries import experiment_out, get_experiment, get_run
-from server.dashboard.schemas import AttachedRun, ExperimentOut, LaunchRequest, RunOut
+from server.dashboard.schemas import AttachedRun, ExperimentOut, LaunchRequest, Problem, RunOut
 from server.dashboard.validation import checked_config
 
 router = APIRouter(prefix="/api/experiments", tags=["experiments"], responses=PROBLEMS)
@@ -83,14 +83,20 @@ def _new_run(experiment_id: int, services: Services, request: LaunchRequest | No
     Returns the run as stored and its ingestion token.
     """
     engine = (request or LaunchRequest()).engine
-    run_id, token = services.runlog.create_run(experiment_id, engine, external=external)
-    if not external:
-        services.runner.submit(run_id, token)
+    if external:
+        run_id, token = services.runlog.create_run(experiment_id, engine, external=True)
+    else:
+        with services.runner.place() as submit:
+            run_id, token = services.runlog.create_run(experiment_id, engine, external=False)
+            submit(run_id, token)
     with services.db.read() as session:
         return RunOut.model_validate(get_run(session, run_id)), token
 
 
-@router.post("/{experiment_id}/launch", status_code=202, dependencies=Admin)
+@router.post("/{experiment_id}/launch", status_code=202, dependencies=Admin,
+             responses={429: {"model": Problem, "description": "the launch queue is full",
+                              "headers": {"Retry-After": {"schema": {"type": "integer"},
+                                                          "description": "seconds"}}}})
 def launch_experiment(
     experiment_id: ExperimentId, services: ServicesDep, request: Launch = None
 ) -> RunOut:

@@ -30,13 +30,26 @@ DOWNLOADS = {
 }
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(value: object) -> object:
+    """A CSV cell a spreadsheet shows as text: a string that would start a formula
+    (``=HYPERLINK(...)``, ``+cmd``, ``@SUM``...) gets a leading ``'`` (OWASP's advice); numbers
+    stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv(rows: list[dict], fields: tuple[str, ...]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=["run_id", *fields])
     writer.writeheader()
     for row in rows:
         ranks = row.get("ranks")
-        writer.writerow({**row, "ranks": json.dumps(ranks)} if ranks is not None else row)
+        row = {**row, "ranks": json.dumps(ranks)} if ranks is not None else row
+        writer.writerow({key: cell(value) for key, value in row.items()})
     return out.getvalue()
 
 

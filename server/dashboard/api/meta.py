@@ -69,11 +69,14 @@ async def compare_runs(
     run: Annotated[list[RunIdText] | None,
                    Query(max_length=50, description="run ids; none: the latest 200 runs")] = None,
     memory: MemoryMetric = "activation",
+    finished_only: Annotated[bool, Query(
+        description="only finished runs can be on the front (default)")] = True,
 ) -> Response:
     """Runs side by side; ``pareto`` marks the memory-vs-final-accuracy front."""
 
     def build() -> Comparison:
         with services.db.read() as session:
-            return Comparison(memory=memory, runs=compare(session, run or [], memory))
+            return Comparison(memory=memory,
+                              runs=compare(session, run or [], memory, finished_only))
 
     return await cached_json(request, build)

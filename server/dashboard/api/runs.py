@@ -20,7 +20,7 @@ from server.dashboard.deps import (
 from server.dashboard.queries import client_rows, get_run, list_runs, round_rows, run_detail
 from server.dashboard.schemas import Accepted, RunDetail, RunOut
 from server.dashboard.store import Conflict
-from server.dashboard.validation import invalid, storable_errors
+from server.dashboard.validation import event_errors
 
 router = APIRouter(prefix="/api/runs", tags=["runs"], responses=PROBLEMS)
 Round = Annotated[int | None, Query(ge=0, le=2**31)]
@@ -87,13 +87,9 @@ def cancel_run(run_id: RunId, services: ServicesDep) -> RunOut:
 
 @router.post("/{run_id}/events", status_code=201, dependencies=[Depends(require_run_token)])
 def ingest_event(run_id: RunId, event: Event, services: ServicesDep) -> Accepted:
-    """One event from the run's ServerApp; committed before this replies."""
-    if event.run_id != run_id:
-        raise invalid(("run_id",), f"run_id: {event.run_id!r} does not match the URL's {run_id!r}",
-                      event.run_id)
-    if sum(part is not None for part in (event.client, event.round, event.state)) != 1:
-        raise invalid((), "exactly one of client, round, state must be set")
-    errors = storable_errors(event.model_dump(), unsigned=frozenset({("client", "node_id")}))
+    """One event from the run's ServerApp; committed before this replies. Idempotent: an event
+    sent again (same JSON) is stored once and answered with the id it was stored under."""
+    errors = event_errors(event, run_id)
     if errors:
         raise RequestValidationError(errors)
     return Accepted(event_id=services.runlog.ingest(run_id, event))

@@ -65,7 +65,9 @@ async def _messages(services: Services, run_id: str, after: int) -> AsyncIterato
 )
 async def stream_events(
     run_id: RunId, services: ServicesDep, after: EventId = 0,
-    last_event_id: Annotated[int | None, Header(ge=0, le=2**62)] = None,
+    last_event_id: Annotated[str | None, Header(
+        max_length=64, description="an event id the server sent (EventSource's reconnect); "
+        "anything else is ignored")] = None,
 ) -> StreamingResponse:
     """Every event after ``after`` (or ``Last-Event-ID``), then new ones as they arrive."""
 
@@ -74,7 +76,9 @@ async def stream_events(
             get_run(session, run_id)
 
     await run_in_threadpool(exists)
-    start = max(after, last_event_id or 0)
+    resume = last_event_id.strip() if last_event_id else ""
+    start = max(after, int(resume) if resume.isascii() and resume.isdigit()
+                and int(resume) <= 2**62 else 0)
     return StreamingResponse(
         _messages(services, run_id, start), media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

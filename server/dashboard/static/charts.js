@@ -118,9 +118,14 @@ export function budgetBars(container, items, opts = {}) {
       }
       base += seg.value;
     }
-    if (!totals[i] && it.missing) {
-      group.append(s("text", { x: x(i), y: height - M.bottom - 4, "text-anchor": "middle",
-        fill: it.missingColor || "#667085", class: "missing" }, it.missing));
+    if (!totals[i] && it.missing) {  // OOM, DROPPED...: upright, or a mark when bars are narrow
+      const bottom = height - M.bottom - 4;
+      const color = it.missingColor || "#667085";
+      group.append(band >= 13
+        ? s("text", { x: x(i) + 4, y: bottom, transform: `rotate(-90 ${x(i) + 4} ${bottom})`,
+          fill: color, class: "missing" }, it.missing)
+        : s("rect", { x: x(i) - w / 2, y: bottom - 8, width: w, height: 8, fill: color,
+          class: "missing" }));
     }
     svg.append(group);
     if (i % labelEvery === 0) {
@@ -204,12 +209,19 @@ export function scatter(container, points, opts = {}) {
       fill: "none", stroke: "#d92d20", "stroke-width": 1.5, "stroke-dasharray": "5 3",
       class: "front" }));
   }
+  const placed = [];  // label boxes drawn so far: a label moves down until it overlaps none
   for (const p of points) {
     svg.append(titled(s("circle", { cx: x(p.x), cy: y(p.y), r: p.front ? 6 : 4.5,
       fill: p.color || "#2f6fdf", stroke: p.front ? "#d92d20" : "none", "stroke-width": 2,
       class: "point" }), p.title));
     const right = x(p.x) > width / 2;
-    svg.append(s("text", { x: x(p.x) + (right ? -8 : 8), y: y(p.y) - 8,
-      "text-anchor": right ? "end" : "start" }, p.label));
+    const w = 6.6 * String(p.label).length; const h = 14;
+    const left = right ? x(p.x) - 8 - w : x(p.x) + 8;
+    let top = y(p.y) - 8 - h + 3;
+    while (placed.some((b) => left < b.left + b.w && b.left < left + w && top < b.top + h
+      && b.top < top + h)) top += h;
+    placed.push({ left, top, w });
+    svg.append(s("text", { x: x(p.x) + (right ? -8 : 8), y: top + h - 3,
+      "text-anchor": right ? "end" : "start", class: "label" }, p.label));
   }
 }

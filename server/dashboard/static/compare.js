@@ -1,5 +1,7 @@
 // Compare runs: summary table and the memory-vs-accuracy Pareto chart (front from the API).
-import { api, badge, bytes, el, header, pct } from "/static/api.js";
+// Only finished runs are plotted and compete for the front unless "include unfinished" is on;
+// every point is labelled with its run id (the shortest prefix that is unique).
+import { api, badge, bytes, el, fail, header, notify, pct } from "/static/api.js";
 import { scatter } from "/static/charts.js";
 
 const main = document.getElementById("main");
@@ -15,24 +17,43 @@ const MEMORY = { activation: "activations kept", training: "training (the budget
   peak_step: "whole-step peak (measured)", compressed: "compressed (paper's metric)",
   peak_forward: "forward peak", total: "total with weights" };
 let memory = params.get("memory") || "activation";
+let unfinished = params.get("unfinished") === "1";
+
+// The shortest run-id prefix (at least 8 characters) that tells every run apart.
+function shortIds(runIds) {
+  const ids = [...new Set(runIds)];
+  for (let n = 8; n < 64; n += 4) {
+    if (new Set(ids.map((id) => id.slice(0, n))).size === ids.length) {
+      return (id) => id.slice(0, n);
+    }
+  }
+  return (id) => id;
+}
 
 async function render() {
-  const all = (await api(`/api/compare?memory=${memory}`)).runs;
+  const scope = `memory=${encodeURIComponent(memory)}&finished_only=${!unfinished}`;
+  const all = (await api(`/api/compare?${scope}`)).runs;
   if (!selected.size) selected = new Set(all.filter((r) => r.final_accuracy != null).map((r) => r.run_id));
   const query = [...selected].map((id) => `run=${encodeURIComponent(id)}`).join("&");
-  const chosen = selected.size ? (await api(`/api/compare?memory=${memory}&${query}`)).runs : [];
-  const plotted = chosen.filter((r) => r.memory_bytes != null && r.final_accuracy != null);
-  const metric = el("select", { id: "memory-metric", onchange: (e) => { memory = e.target.value; render(); } },
+  const chosen = selected.size ? (await api(`/api/compare?${scope}&${query}`)).runs : [];
+  const plotted = chosen.filter((r) => r.memory_bytes != null && r.final_accuracy != null
+    && (unfinished || r.status === "finished"));
+  const short = shortIds(all.map((r) => r.run_id).concat(chosen.map((r) => r.run_id)));
+  const redraw = () => render().catch(notify);
+  const metric = el("select", { id: "memory-metric", onchange: (e) => { memory = e.target.value; redraw(); } },
     ...Object.entries(MEMORY).map(([m, label]) =>
       el("option", { value: m, selected: m === memory }, `${label}, mean per client`)));
-  const toggle = (id) => (e) => { if (e.target.checked) selected.add(id); else selected.delete(id); render(); };
+  const include = el("label", {}, el("input", { type: "checkbox", id: "include-unfinished",
+    checked: unfinished, onchange: (e) => { unfinished = e.target.checked; redraw(); } }),
+  " include unfinished runs (failed, interrupted, running…)");
+  const toggle = (id) => (e) => { if (e.target.checked) selected.add(id); else selected.delete(id); redraw(); };
   const head = ["", "run", "experiment", "status", "method", "policy", "rounds", "start acc.",
     "final acc.", "best acc.", "activations", "training", "compressed", "step peak",
     "step peak max", "total",
     "ok", "oom", "dropped", "error", "Pareto"];
   const rows = all.map((r) => el("tr", {},
     el("td", {}, el("input", { type: "checkbox", checked: selected.has(r.run_id), onchange: toggle(r.run_id) })),
-    el("td", {}, el("a", { href: `/runs/${r.run_id}` }, r.run_id.slice(0, 8))),
+    el("td", {}, el("a", { href: `/runs/${r.run_id}` }, short(r.run_id))),
     el("td", {}, r.experiment_name), el("td", {}, badge(r.status)), el("td", {}, r.method),
     el("td", {}, r.policy), el("td", { class: "num" }, String(r.rounds_done)),
     ...[r.initial_accuracy, r.final_accuracy, r.best_accuracy].map((a) => el("td", { class: "num" }, pct(a))),
@@ -43,7 +64,7 @@ async function render() {
     el("td", {}, selected.has(r.run_id) && chosen.find((c) => c.run_id === r.run_id)?.pareto ? "yes" : "")));
   main.replaceChildren(el("h1", {}, "Compare runs"),
     el("div", { class: "card" }, el("div", { class: "actions" }, el("h2", {}, "Memory vs accuracy"),
-      metric), el("div", { id: "chart-pareto" }),
+      metric, include), el("div", { id: "chart-pareto" }),
     el("div", { class: "legend" }, ...Object.entries(METHOD_COLORS).map(([m, c]) =>
       el("span", {}, el("i", { style: `background:${c}` }), m)),
       el("span", {}, "red ring + dashed line: Pareto front (less memory, more accuracy)"))),
@@ -52,8 +73,9 @@ async function render() {
   const container = document.getElementById("chart-pareto");
   if (!plotted.length) { container.append(el("p", { class: "muted" }, "Select runs with results.")); return; }
   scatter(container, plotted.map((r) => ({ x: r.memory_bytes, y: r.final_accuracy,
-    front: r.pareto, color: METHOD_COLORS[r.method], label: `${r.experiment_name} (${r.method})`,
-    title: `${r.experiment_name} ${r.run_id.slice(0, 8)}: ${bytes(r.memory_bytes)}, ${pct(r.final_accuracy)}` })),
+    front: r.pareto, color: METHOD_COLORS[r.method], label: `${r.experiment_name} · ${short(r.run_id)}`,
+    title: `${r.experiment_name} run ${r.run_id} (${r.method}, ${r.status}): `
+      + `${bytes(r.memory_bytes)}, ${pct(r.final_accuracy)}` })),
   { xFormat: bytes, yFormat: pct, xLabel: `${MEMORY[memory]} per client (mean, log scale)`,
     yLabel: "final accuracy" });
 }
@@ -61,5 +83,5 @@ async function render() {
 header();
 api("/api/methods").then((methods) => {
   METHOD_COLORS = Object.fromEntries(methods.map((m, i) => [m.name, PALETTE[i % PALETTE.length]]));
-  render();
-});
+  return render();
+}).catch((error) => fail(error));

@@ -1,17 +1,19 @@
 // Experiment list: every experiment with its runs; launch, delete, downloads.
-import { api, badge, el, header, when } from "/static/api.js";
+import { api, badge, el, fail, header, notify, when } from "/static/api.js";
 
 const main = document.getElementById("main");
 
 async function launch(id) {
-  const run = await api(`/api/experiments/${id}/launch`, { method: "POST", body: {} });
-  location.href = `/runs/${run.id}`;
+  try {
+    const run = await api(`/api/experiments/${id}/launch`, { method: "POST", body: {} });
+    location.href = `/runs/${run.id}`;
+  } catch (error) { notify(error); }
 }
 
 async function remove(id) {
   if (!confirm(`Delete experiment ${id} and all its runs?`)) return;
-  try { await api(`/api/experiments/${id}`, { method: "DELETE" }); } catch (e) { alert(e.message); }
-  render();
+  try { await api(`/api/experiments/${id}`, { method: "DELETE" }); } catch (error) { notify(error); }
+  refresh();
 }
 
 function experimentRow(exp) {
@@ -50,6 +52,11 @@ async function render() {
       : el("p", { class: "muted" }, "No experiments yet.")));
 }
 
+let loaded = false;
+async function refresh() {
+  try { await render(); loaded = true; } catch (error) { if (loaded) notify(error); else fail(error); }
+}
+
 header();
-render();
-setInterval(render, 3000);
+refresh();
+setInterval(refresh, 3000);

@@ -55,7 +55,8 @@ function fleetRow(entryProps, entry) {
   const row = el("tr", { class: "fleet-row" });
   const device = el("select", { "data-part": "device", "data-kind": "string" },
     ...Object.values(catalogue.profiles).map((p) => el("option", { value: p.name,
-      selected: p.name === entry.device, title: p.description },
+      selected: p.name === entry.device,
+      title: [p.description, p.budget_note].filter(Boolean).join(" — ") },
     `${p.name} — budget ${bytes(p.budget_bytes)}, RAM ${bytes(p.ram_bytes)}`)));
   const count = el("input", { "data-part": "count", "data-kind": "integer", type: "number",
     min: entryProps.count.minimum, max: entryProps.count.maximum, step: 1, value: entry.count });

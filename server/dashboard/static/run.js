@@ -1,6 +1,6 @@
 // Run page: status, live charts (accuracy per round, memory vs budget, clients x rounds) and
 // the per-client table. A snapshot from /api/runs/{id}, then the event stream from its last id.
-import { api, badge, bytes, el, header, num, pct, when } from "/static/api.js";
+import { api, badge, bytes, el, fail, header, notify, num, pct, when } from "/static/api.js";
 import { budgetBars, heatmap, lineChart } from "/static/charts.js";
 
 const runId = decodeURIComponent(location.pathname.split("/").pop());
@@ -64,7 +64,7 @@ function memoryBar(c) {
 
 function skeleton() {
   const cancel = el("button", { id: "cancel", class: "danger", onclick: async () => {
-    try { await api(`/api/runs/${runId}/cancel`, { method: "POST" }); } catch (e) { alert(e.message); }
+    try { await api(`/api/runs/${runId}/cancel`, { method: "POST" }); } catch (e) { notify(e); }
   } }, "Cancel run");
   const dl = (label, query) => el("a", { class: "button", download: "",
     href: `/api/runs/${runId}/export?${query}` }, label);
@@ -169,12 +169,16 @@ function listen() {
   const source = new EventSource(`/api/runs/${runId}/stream?after=${run.last_event_id}`);
   source.addEventListener("client", (m) => { const c = JSON.parse(m.data).client; clients.set(key(c), c); schedule(); });
   source.addEventListener("round", (m) => { const r = JSON.parse(m.data).round; rounds.set(r.round, r); schedule(); });
-  source.addEventListener("state", async () => { load(await api(`/api/runs/${runId}`)); schedule(); });
+  source.addEventListener("state", async () => {
+    try { load(await api(`/api/runs/${runId}`)); schedule(); } catch (e) { notify(e); }
+  });
   source.addEventListener("end", () => source.close());
 }
 
 header();
-load(await api(`/api/runs/${runId}`));
-skeleton();
-render();
-listen();
+try {
+  load(await api(`/api/runs/${runId}`));
+  skeleton();
+  render();
+  listen();
+} catch (error) { fail(error, `Run ${runId}`); }
