@@ -6,6 +6,7 @@ database and an upgraded one both match the models exactly."""
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import shutil
@@ -24,6 +25,8 @@ from tests.test_dashboard_api import client_event, make_client, post
 
 FIXTURES = Path(__file__).with_name("fixtures")
 OLD = json.loads((FIXTURES / "dashboard-ace9c78.json").read_text())
+RAN_WITH = importlib.import_module(  # what revision 0004 writes into configs lacking it
+    "server.dashboard.migrations.versions.0004_config_defaults").RAN_WITH
 RENAMED = {"peak_bytes": "peak_forward_bytes"}  # ace9c78's name -> the record's
 NEW_FIELDS = {"training_bytes", "grad_bytes", "optimizer_bytes", "param_bytes",
               "transient_bytes", "peak_step_bytes", "rss_peak_bytes", "memory_limit_bytes"}
@@ -39,6 +42,11 @@ def _schema_differences(url: str) -> list:
         return compare_metadata(MigrationContext.configure(connection), Base.metadata)
 
 
+def _config_today(old: dict) -> dict:
+    """An old experiment as served today: its config says how it ran (revision 0004)."""
+    return old | {"config": RAN_WITH | old["config"]}
+
+
 def _as_today(old_client: dict) -> dict:
     return {RENAMED.get(k, k): v for k, v in old_client.items()} | dict.fromkeys(NEW_FIELDS)
 
@@ -47,11 +55,11 @@ def test_an_ace9c78_database_upgrades_in_place_and_serves_its_runs(tmp_path: Pat
     path = _old_database(tmp_path)
     with make_client(tmp_path) as client:
         experiment = client.get(f"/api/experiments/{OLD['experiment']['id']}").json()
-        assert experiment == OLD["experiment"]
+        assert experiment == _config_today(OLD["experiment"])
         for run_id in OLD["runs"]:
             old, new = OLD["details"][run_id], client.get(f"/api/runs/{run_id}").json()
             assert (new["run"], new["config"], new["rounds"]) == (
-                old["run"], old["config"], old["rounds"])
+                old["run"], RAN_WITH | old["config"], old["rounds"])
             assert new["clients"] == [_as_today(c) for c in old["clients"]]
             node_ids = {c["node_id"] for c in new["clients"]}
             assert len(new["clients"]) == 8 and {2**63, 2**63 + 1} < node_ids
@@ -83,7 +91,7 @@ def test_an_ace9c78_database_upgrades_in_place_and_serves_its_runs(tmp_path: Pat
     assert _schema_differences(url) == []
     with create_engine(url).connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0003",)]
+            ("0004",)]
 
 
 def test_the_revisions_from_nothing_build_the_models_schema_and_downgrade(tmp_path: Path
@@ -104,7 +112,7 @@ def test_a_new_database_is_made_at_the_newest_revision(tmp_path: Path) -> None:
     assert _schema_differences(url) == []
     with create_engine(url).connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0003",)]
+            ("0004",)]
 
 
 def test_downgrade_keeps_the_old_runs(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, Re
 from flwr.supercore.task_identity import TaskIdentity
 
 from common import wire
+from common.reasons import MAX_REASON
 from common.record import ClientRecord
 from server.app import client_record
 
@@ -57,7 +58,7 @@ def test_failed_records_name_their_status() -> None:
     assert wire.failed(wire.OOM, "out of memory", 0, "mcu", **envelope).status == "oom"
     assert wire.failed(wire.DROPPED, "offline", 0, "mcu", **envelope).status == "dropped"
     record = wire.failed(7, "x" * 5000, 0, "mcu", **envelope)
-    assert record.status == "error" and len(record.reason) == 2000
+    assert record.status == "error" and len(record.reason) == MAX_REASON
     assert record.training_bytes is None and record.budget_bytes is None
 
 
