@@ -79,14 +79,21 @@ def test_without_apt_get_or_dpkg_the_message_names_what_to_install(tmp_path: Pat
     assert _script().returncode == 2
 
 
-def test_make_sets_up_before_running_and_requires_the_browser() -> None:
+def _dry_run(*args: str) -> list[str]:
+    """The commands ``make -n`` prints, as a top-level make would (this test may itself run
+    under ``make test``, whose MAKEFLAGS/MAKELEVEL would add "Entering directory" lines)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    done = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.splitlines()
+
+
+def test_make_sets_up_before_running_and_requires_the_browser(tmp_path: Path) -> None:
     """The order make runs things in, per goal (a dry run with the virtualenv taken as made)."""
     bin_dir = str(Path(sys.executable).parent)
 
     def commands(goal: str) -> list[str]:
-        done = subprocess.run(["make", "-n", "-o", ".venv/.installed", goal, f"BIN={bin_dir}"],
-                              cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
-        return done.stdout.splitlines()
+        return _dry_run("-o", ".venv/.installed", goal, f"BIN={bin_dir}")
 
     system = "deploy/debian-packages.sh dataset-fashion-mnist"
     fetch = f"{bin_dir}/python -m common.fetch"
@@ -97,9 +104,8 @@ def test_make_sets_up_before_running_and_requires_the_browser() -> None:
     assert commands("compose-test")[:2] == [
         f"{system} docker-compose docker.io debootstrap debian-archive-keyring", fetch]
     # an interpreter without ensurepip (Debian's python3 alone) gets python3-venv first
-    fresh = subprocess.run(["make", "-n", "run", "PY=false"], cwd=REPO, capture_output=True,
-                           text=True, timeout=60, check=True).stdout.splitlines()
-    assert fresh[:2] == [f"{system} python3-venv", "false -m venv .venv"]
+    fresh = _dry_run("run", "PY=false", f"VENV={tmp_path}/venv")  # a virtualenv not yet made
+    assert fresh[:2] == [f"{system} python3-venv", f"false -m venv {tmp_path}/venv"]
 
 
 @pytest.mark.parametrize(("require", "outcome"), [("1", "1 error"), ("", "1 skipped")])
