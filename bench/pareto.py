@@ -3,12 +3,24 @@
 Centralized Setup B on the credible experiment's model and data (``examples/credible.yaml``:
 MobileNetV2 width 0.5, Fashion-MNIST at 32 px, pretrained on the whole server half for 5
 epochs, ``common.train.pretrain_setup_b``, cached): for each seed the checkpoint is fine-tuned
-for one epoch on a seeded draw of ``--train-samples`` images of the client half (all of it by
-default) with each method x last_k x parameter, with the logit-adjusted loss of the client half's
+for one epoch on the client half (all of it by default; ``--train-samples`` draws a seeded
+subset) with each method x last_k x parameter, with the logit-adjusted loss of the client half's
 class prior (``--loss``; ``common.train.log_prior``), then scored on the full test set
 (``accuracy``, balanced classes) and on its largest subset with the client half's class mix
 (``client_accuracy``, the distribution the fine-tuning data follow). Each point is the mean over
-the seeds with the min-max range. Memory per point (the largest over seeds):
+the seeds with the min-max range.
+
+Speed: for last_k below all layers the frozen prefix is computed once per data set
+(``common.featurecache``: the client half and the test images pass through it once, at the
+earliest cut; later cuts are derived from it) and only the suffix is trained and scored, which
+gives the whole model's logits and gradients. With all layers trainable there is no prefix: the
+whole model trains for ``--all-steps`` steps of the seeded shuffle of the client half (a budget,
+so that the bench fits in 45 minutes on 2 idle cores; ``--all-steps 0`` runs the whole epoch),
+with its own cosine decay over those steps. ``step_ms`` is the time of the step that ran: the
+suffix's for a cached point (``cut``, the stage the suffix starts at), the whole model's for
+``cut`` None.
+
+Memory per point (the largest over seeds), always of the whole model on a batch of images:
 
 - ``activation_bytes``: measured with ``common.memory.measure`` -- everything autograd keeps for
   backward (wrapped layers' factors, BatchNorm/ReLU residue, dropout noise, loss), the larger of
@@ -16,12 +28,13 @@ the seeds with the min-max range. Memory per point (the largest over seeds):
 - ``compressed_bytes``: the paper's metric, what the wrapped layers store for dW; the maximum
   over all fine-tuning steps (eps-ranks change every batch).
 
-Prints a table, writes ``bench/results/pareto.json`` and ``pareto.png`` (log-x memory vs accuracy,
-one series per method variant, the Pareto front circled, intervals as error bars), and ends with
-a summary drawn from the means. The committed run's arguments, wall time and load average are in
-its JSON and the README.
+Prints a table, writes ``bench/results/pareto.json`` (with the wall time of the cache, of the
+cached points and of the all-layer points, and the load average after each) and ``pareto.png``
+(log-x memory vs accuracy, one series per method variant, the Pareto front circled, intervals as
+error bars), and ends with a summary drawn from the means.
 
-    python -m bench.pareto [--train-samples N] [--test-samples N] [--seeds 0 1 2] [--threads N]
+    python -m bench.pareto [--train-samples N] [--test-samples N] [--seeds 0 1 2]
+                           [--all-steps N] [--threads N]
 """
 
 from __future__ import annotations
@@ -47,6 +60,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from common.compression import compressed_bytes, layer_ranks, trainable_layers, wrap_last_layers
 from common.config import ExperimentConfig
 from common.data import dataset_spec, labels_of, load_dataset, matched_subset, subsample
+from common.featurecache import FeatureCache, split
 from common.memory import format_bytes, measure
 from common.train import (
     batchnorm_eval,
@@ -63,6 +77,7 @@ CREDIBLE = ROOT / "examples" / "credible.yaml"
 RESULTS = Path(__file__).resolve().parent / "results"
 LAST_K = ("1", "2", "4", "8", "all")
 DEFAULT_LAST_K = ("1", "2", "4", "all")
+ALL_STEPS = 100  # whole-model steps per all-layer point: see --all-steps
 TOLERANCE = 0.005  # half a point: about 1.5 standard errors of one 10,000-image accuracy
 ACCURACIES = {"client_accuracy": "client-mix test", "accuracy": "balanced test"}
 MEMORIES = {"activation_bytes": "measured activation memory",
@@ -99,7 +114,8 @@ COLORS = {"vanilla": "black", "gradfilter": "tab:orange", "svd": "tab:blue",
 class Point:
     """One fine-tuned configuration and what it cost: accuracies are means over ``seeds`` with
     their min-max range (``*_low``, ``*_high``), memory the largest over seeds, ``step_ms`` the
-    mean and ``ranks`` the first seed's."""
+    mean, ``steps`` per seed, ``ranks`` the first seed's; ``cut``: the stage the trained suffix
+    starts at (None: the whole model trained on images)."""
 
     label: str
     method: str
@@ -118,6 +134,8 @@ class Point:
     peak_forward_bytes: int
     step_ms: float
     ranks: list[list[int]]
+    steps: int = 0
+    cut: int | None = None
 
 
 @dataclass(frozen=True)
@@ -135,25 +153,41 @@ class TestSets:
                    {name: np.searchsorted(union, rows) for name, rows in parts.items()})
 
     @torch.no_grad()
-    def accuracies(self, model: nn.Module) -> dict[str, float]:
-        """Accuracy of ``model`` (put in eval mode) on each part."""
+    def accuracies(self, model: nn.Module, inputs: Dataset | None = None) -> dict[str, float]:
+        """Accuracy of ``model`` (put in eval mode) on each part; ``inputs``: what ``model``
+        reads for ``images`` (their cached features for a suffix), row for row."""
         model.eval()
-        correct = torch.cat([model(inputs).argmax(1) == targets for inputs, targets
-                             in DataLoader(self.images, batch_size=256)])
+        correct = torch.cat([model(batch).argmax(1) == targets for batch, targets
+                             in DataLoader(inputs or self.images, batch_size=256)])
         return {name: correct[rows].float().mean().item() for name, rows in self.parts.items()}
 
 
+@dataclass(frozen=True)
+class Caches:
+    """The frozen prefix's features of the client half and of the test images
+    (``common.featurecache``), and the seeds' draws as positions into the client half."""
+
+    train: FeatureCache
+    test: FeatureCache
+    draws: dict[int, list[int]]
+
+
 def run_point(
-    pretrained: nn.Module, variant: Variant, last_k: int, data: Subset,
+    pretrained: nn.Module, variant: Variant, last_k: int, caches: Caches,
     tests: TestSets, args: argparse.Namespace, seed: int,
     adjustment: torch.Tensor | None,
 ) -> Point:
-    """Fine-tune a copy of ``pretrained`` with ``variant`` on its last ``last_k`` layers (one
-    seed: a Point whose ranges are that seed's value)."""
+    """Fine-tune a copy of ``pretrained`` with ``variant`` on its last ``last_k`` layers, its
+    suffix on cached features where it has a frozen prefix (one seed: a Point whose ranges are
+    that seed's value)."""
     model = wrap_last_layers(copy.deepcopy(pretrained), variant.method, last_k,
                              **dict(variant.params))
     batchnorm_eval(model)
-    probe = next(iter(DataLoader(data, batch_size=args.batch_size)))
+    draw = caches.draws[seed]
+    probe = next(iter(DataLoader(Subset(caches.train.data, draw), batch_size=args.batch_size)))
+    trained, features = caches.train.view(model)
+    cut = None if trained is model else split(model).cut
+    budget = (args.all_steps or None) if cut is None else None
 
     def measured() -> tuple[int, int, int]:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -162,13 +196,14 @@ def run_point(
 
     before = measured()
     stored: list[int] = []
+    torch.manual_seed(seed)  # Dropout's masks: each point reproducible whatever ran before
     started = time.perf_counter()
-    result = train(model, data, lr=args.lr, batch_size=args.batch_size, seed=seed,
-                   logit_adjustment=adjustment,
+    result = train(trained, Subset(features, draw), lr=args.lr, batch_size=args.batch_size,
+                   seed=seed, max_steps=budget, logit_adjustment=adjustment,
                    on_step=lambda step, total, loss: stored.append(compressed_bytes(model)))
     seconds = time.perf_counter() - started
     after = measured()
-    scores = tests.accuracies(model)
+    scores = tests.accuracies(*caches.test.view(model))
     accuracy, client_accuracy = scores["accuracy"], scores["client_accuracy"]
     return Point(
         label=variant.label, method=variant.method, last_k=last_k, seeds=[seed],
@@ -178,7 +213,7 @@ def run_point(
         compressed_bytes=max(stored), compressed_bytes_mean=statistics.fmean(stored),
         training_bytes=max(before[1], after[1]),
         peak_forward_bytes=max(before[2], after[2]), step_ms=1000 * seconds / result.steps,
-        ranks=layer_ranks(model),
+        ranks=layer_ranks(model), steps=result.steps, cut=cut,
     )
 
 
@@ -199,6 +234,7 @@ def combine(runs: list[Point]) -> Point:
         training_bytes=max(p.training_bytes for p in runs),
         peak_forward_bytes=max(p.peak_forward_bytes for p in runs),
         step_ms=statistics.fmean(p.step_ms for p in runs), ranks=first.ranks,
+        steps=first.steps, cut=first.cut,
     )
 
 
@@ -345,23 +381,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_VARIANTS),
                         choices=[v.label for v in VARIANTS], metavar="VARIANT")
     parser.add_argument("--last-k", nargs="+", default=list(DEFAULT_LAST_K), choices=LAST_K)
+    parser.add_argument("--all-steps", type=int, default=ALL_STEPS,
+                        help="steps of the all-layer points, a seeded draw of the client half "
+                        "(0: one whole epoch)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
 
+def phase_record(seconds: float) -> dict[str, object]:
+    """A phase's wall time and the load average at its end."""
+    return {"seconds": seconds, "load_average": list(os.getloadavg())}
+
+
 def main(argv: list[str] | None = None) -> list[Point]:
     args = parse_args(argv)
+    if args.all_steps < 0:
+        raise SystemExit(f"--all-steps: must be non-negative, got {args.all_steps}")
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console(width=None if sys.stdout.isatty() else 170)
     started = time.perf_counter()
+    load_at_start = list(os.getloadavg())
     config: ExperimentConfig = load_config(args.config)
     pretrained = pretrain_setup_b(config)
     _, client_half = setup_b_data(config)
-    draws = {seed: Subset(client_half.dataset, subsample(
-        client_half.indices, args.train_samples, seed).tolist()) for seed in args.seeds}
     _, test_set = load_dataset(config.dataset, config.image_size)
     balanced = subsample(range(len(test_set)), args.test_samples, config.seed)
     client_labels = labels_of(client_half.dataset)[client_half.indices]
@@ -374,20 +419,38 @@ def main(argv: list[str] | None = None) -> list[Point]:
                                dataset_spec(config.dataset).num_classes)
     baselines = tests.accuracies(copy.deepcopy(pretrained))
     num_layers = len(trainable_layers(pretrained))
-    ks = [num_layers if k == "all" else int(k) for k in args.last_k]
-    points = []
-    for variant in (v for v in VARIANTS if v.label in args.methods):
-        for last_k in ks:
-            point = combine([run_point(pretrained, variant, last_k, draws[seed], tests, args,
-                                       seed, adjustment) for seed in args.seeds])
-            points.append(point)
-            console.print(
-                f"{point.label:>14} k={last_k:<3} acc {point.accuracy:.2%} "
-                f"client-mix {point.client_accuracy:.2%}  "
-                f"kept {format_bytes(point.activation_bytes):>10}  "
-                f"compressed {format_bytes(point.compressed_bytes):>10}  "
-                f"{point.step_ms:.0f} ms/step  [{time.perf_counter() - started:.0f} s]"
-            )
+    ks = sorted(num_layers if k == "all" else int(k) for k in args.last_k)
+    caches = Caches(
+        FeatureCache(pretrained, client_half), FeatureCache(pretrained, tests.images),
+        {seed: subsample(np.arange(len(client_half)), args.train_samples, seed).tolist()
+         for seed in args.seeds})
+    phases = {"setup": phase_record(time.perf_counter() - started)}
+    mark = time.perf_counter()
+    cuts = {k: split(wrap_last_layers(copy.deepcopy(pretrained), "vanilla", k)) for k in ks}
+    for cut in sorted(parts.cut for parts in cuts.values() if parts):  # the earliest first:
+        caches.train.at(cut)  # later cuts are derived from it
+        caches.test.at(cut)
+    phases["cache"] = phase_record(time.perf_counter() - mark)
+    variants = [v for v in VARIANTS if v.label in args.methods]
+    runs: dict[tuple[str, int], Point] = {}
+    for phase, group in (("cached", [k for k in ks if cuts[k]]),
+                         ("whole", [k for k in ks if not cuts[k]])):
+        mark = time.perf_counter()
+        for last_k in group:
+            for variant in variants:
+                point = combine([run_point(pretrained, variant, last_k, caches, tests, args,
+                                           seed, adjustment) for seed in args.seeds])
+                runs[variant.label, last_k] = point
+                console.print(
+                    f"{point.label:>14} k={last_k:<3} acc {point.accuracy:.2%} "
+                    f"client-mix {point.client_accuracy:.2%}  "
+                    f"kept {format_bytes(point.activation_bytes):>10}  "
+                    f"compressed {format_bytes(point.compressed_bytes):>10}  "
+                    f"{point.steps} x {point.step_ms:.1f} ms/step  "
+                    f"[{time.perf_counter() - started:.0f} s]"
+                )
+        phases[phase] = phase_record(time.perf_counter() - mark)
+    points = [runs[v.label, k] for v in variants for k in ks]
     print_table(console, points, baselines)
     summary = summarize(points, num_layers) if {"hosvd", "vanilla"} <= {
         p.method for p in points} and 1 in ks else []
@@ -401,14 +464,19 @@ def main(argv: list[str] | None = None) -> list[Point]:
         "num_layers": num_layers,
         "pretrained_accuracy": baselines,
         "seconds": time.perf_counter() - started,
+        "phases": phases,
+        "load_average_at_start": load_at_start,
         "load_average": list(os.getloadavg()),
+        "train_images": {seed: len(draw) for seed, draw in caches.draws.items()},
         "test_images": {name: len(rows) for name, rows in tests.parts.items()},
         "points": [asdict(p) for p in points],
         "summary": summary,
     }
     (args.out / "pareto.json").write_text(json.dumps(record, indent=1))
     console.print(f"wrote {args.out / 'pareto.json'} and {args.out / 'pareto.png'} "
-                  f"in {record['seconds']:.0f} s")
+                  f"in {record['seconds']:.0f} s: "
+                  + ", ".join(f"{name} {r['seconds']:.0f} s (load {r['load_average'][0]:.1f})"
+                              for name, r in phases.items()))
     return points
 
 
