@@ -9,18 +9,29 @@ averages the weights, weighted by the examples each client trained on. After eve
 global model's *plain* accuracy on the full test set (balanced: 1,000 images per class) is
 recorded; round 0 is the pretrained model.
 
+Speed without approximation: every client's partition and the test set pass once per
+experiment through the pretrained model's frozen prefix (``common.featurecache``, at the
+earliest cut any arm needs); each client then trains, and the global model is scored, on the
+suffix alone, which gives the whole model's logits and gradients. FedAvg leaves a weight that
+every client returns unchanged (the frozen prefix, BatchNorm statistics) bit for bit, so the
+cached features stay exact round after round. An arm with all layers trainable has no prefix
+and runs the whole model on the images.
+
 What it leaves out, on purpose: device budgets and availability (every client trains the arm's
 method and configuration every round), Flower's transport. ``edgefed run`` measures those; this
 bench isolates the optimisation. An *arm* is a method/last_k/eps with a client loss and a
 learning-rate schedule; ``--arms`` picks them by label (see ``ARMS``), ``--seeds`` repeats each
-with other shuffling seeds (mean and the min-max range over seeds are reported); ``--seed``
-changes the experiment itself (Setup-B split, pretraining, Dirichlet partitions).
+with other shuffling seeds (per round, the mean and the min-max range over seeds are reported);
+``--seed`` changes the experiment itself (Setup-B split, pretraining, Dirichlet partitions):
+pick one that no test and no tuning used (a new one pretrains its checkpoint first, several
+minutes, then cached).
 
     python -m bench.federated [--config examples/credible.yaml] [--arms ...] [--seeds 0 1 2]
                               [--rounds 5] [--samples-per-client N] [--test-samples N]
                               [--seed N] [--threads N] [--tag NAME]
 
-Prints a table and writes ``bench/results/federated<-tag>.json``.
+Prints a table and writes ``bench/results/federated<-tag>.json`` (with the wall time of the
+cache and of each arm, and the load average after each).
 """
 
 from __future__ import annotations
@@ -28,21 +39,21 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
+from bench.phases import Phases
 from client.task import client_dataset, trainable_sgd
 from common.compression import wrap_last_layers
 from common.config import ExperimentConfig
 from common.data import dataset_spec
+from common.featurecache import FeatureCache, split
 from common.memory import measure
 from common.train import evaluate, log_prior, pretrain_setup_b, round_span, train
 from common.validate import load_config
@@ -93,50 +104,68 @@ def _num_classes(config: ExperimentConfig) -> int:
     return dataset_spec(config.dataset).num_classes
 
 
+def wrapped(model: nn.Module, arm: Arm) -> nn.Module:
+    """A copy of ``model`` wrapped for ``arm`` (fresh method state, as a ClientApp builds)."""
+    return wrap_last_layers(copy.deepcopy(model), arm.method, arm.last_k, **dict(arm.params))
+
+
 def local_update(
-    global_model: nn.Module, arm: Arm, data: TensorDataset, config: ExperimentConfig,
+    global_model: nn.Module, arm: Arm, data: FeatureCache, config: ExperimentConfig,
     server_round: int, seed: int,
 ) -> dict[str, torch.Tensor]:
-    """One client's round: fine-tune a copy of the global model as the ClientApp does."""
-    model = wrap_last_layers(copy.deepcopy(global_model), arm.method, arm.last_k,
-                             **dict(arm.params))
+    """One client's round: fine-tune a copy of the global model as the ClientApp does (its
+    suffix on the client's cached features, when it has a frozen prefix)."""
+    model = wrapped(global_model, arm)
+    trained, features = data.view(model)
     generator = torch.Generator().manual_seed(seed * 100_003 + server_round)
-    loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, generator=generator)
-    adjustment = (log_prior(data.tensors[1], _num_classes(config))
+    loader = DataLoader(features, batch_size=config.batch_size, shuffle=True,
+                        generator=generator)
+    adjustment = (log_prior(features.tensors[1], _num_classes(config))
                   if arm.client_loss == "logit-adjusted" else None)
-    train(model, loader, trainable_sgd(model, config.lr), epochs=config.local_epochs,
+    train(trained, loader, trainable_sgd(model, config.lr), epochs=config.local_epochs,
           max_steps=config.local_steps, logit_adjustment=adjustment,
           span=round_span(arm.lr_schedule, server_round, config.rounds))
     return model.state_dict()
 
 
 def fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
-    """sum_i n_i w_i / sum_i n_i for floating-point tensors; others (counters) from the first."""
+    """sum_i n_i w_i / sum_i n_i for floating-point tensors; a tensor every state holds
+    unchanged (frozen weights, counters) is taken as it is, bit for bit (the weighted mean of
+    equal values is that value, but not in floating point)."""
     total = float(sum(weights))
-    return {key: (sum(s[key] * (n / total) for s, n in zip(states, weights, strict=True))
-                  if first.is_floating_point() else first)
-            for key, first in states[0].items()}
+
+    def mean(key: str, first: torch.Tensor) -> torch.Tensor:
+        if not first.is_floating_point() or all(torch.equal(first, s[key]) for s in states):
+            return first
+        return sum(s[key] * (n / total) for s, n in zip(states, weights, strict=True))
+
+    return {key: mean(key, first) for key, first in states[0].items()}
 
 
-def run_arm(pretrained: nn.Module, arm: Arm, clients: list[TensorDataset], test: object,
+def run_arm(pretrained: nn.Module, arm: Arm, clients: list[FeatureCache], test: FeatureCache,
             config: ExperimentConfig, seed: int, log: bool = True) -> list[float]:
     """Plain test accuracy of the global model after rounds 0 (pretrained) .. ``rounds``."""
-    model = copy.deepcopy(pretrained)
-    accuracies = [evaluate(model, test)[1]]
+    model = wrapped(pretrained, arm)  # its frozen prefix decides the test features it reads
+
+    def accuracy() -> float:
+        scored, features = test.view(model)
+        return evaluate(scored, DataLoader(features, batch_size=256))[1]
+
+    accuracies = [accuracy()]
     for server_round in range(1, config.rounds + 1):
         states = [local_update(model, arm, data, config, server_round, seed) for data in clients]
-        model.load_state_dict(fedavg(states, [len(data) for data in clients]))
-        accuracies.append(evaluate(model, test)[1])
+        model.load_state_dict(fedavg(states, [len(data.data) for data in clients]))
+        accuracies.append(accuracy())
         if log:
             print(f"  {arm.label} seed {seed} round {server_round}: {accuracies[-1]:.4f}",
                   flush=True)
     return accuracies
 
 
-def training_bytes(pretrained: nn.Module, arm: Arm, data: TensorDataset, batch: int) -> int:
-    """Measured training memory (kept activations + gradients + momentum) of one step."""
-    model = wrap_last_layers(copy.deepcopy(pretrained), arm.method, arm.last_k,
-                             **dict(arm.params))
+def training_bytes(pretrained: nn.Module, arm: Arm, data: Dataset, batch: int) -> int:
+    """Measured training memory (kept activations + gradients + momentum) of one step of the
+    whole model on images."""
+    model = wrapped(pretrained, arm)
     inputs, targets = next(iter(DataLoader(data, batch_size=batch)))
     report = measure(model, inputs, targets, nn.CrossEntropyLoss(), trainable_sgd(model, 0.0))
     return report.training_bytes
@@ -153,12 +182,27 @@ def summary(runs: list[list[float]]) -> dict[str, object]:
     }
 
 
+def print_table(results: dict[str, dict], config: ExperimentConfig, seeds: list[int]) -> None:
+    """Per arm and round: mean [min, max] over seeds; the worst round below round 0 and the
+    measured training memory."""
+    print(f"\nFedAvg, {config.num_clients} clients, {config.rounds} rounds, seeds {seeds}: "
+          "plain balanced test accuracy, mean [min, max] over seeds")
+    rounds = range(config.rounds + 1)
+    print(f"{'arm':26} " + " ".join(f"{f'round {r}':>24}" for r in rounds)
+          + f" {'worst below r0':>15} {'training':>10}")
+    for label, r in results.items():
+        cells = " ".join(f"{r['mean'][i]:8.4f} [{r['low'][i]:.4f}, {r['high'][i]:.4f}]"
+                         for i in rounds)
+        print(f"{label:26} {cells} {100 * r['worst_below_start']:12.2f} pt "
+              f"{r['training_bytes'] / 2**20:7.2f} MiB")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=CREDIBLE)
     parser.add_argument("--arms", nargs="+", default=list(HEADLINE), choices=list(ARMS),
                         metavar="ARM")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=None, help="default: the config's")
     parser.add_argument("--samples-per-client", type=int, default=None,
                         help="default: the config's (none: the whole partition)")
@@ -177,37 +221,39 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = time.perf_counter()
+    phases = Phases()
     config = load_config(args.config)
     update = {k: v for k, v in (("rounds", args.rounds), ("seed", args.seed),
                                 ("samples_per_client", args.samples_per_client),
                                 ("test_samples", args.test_samples)) if v is not None}
     config = config.model_copy(update=update)
     pretrained = pretrain_setup_b(config)
-    clients = [client_dataset(config, pid, config.num_clients)
+    clients = [FeatureCache(pretrained, client_dataset(config, pid, config.num_clients))
                for pid in range(config.num_clients)]
-    test = DataLoader(test_dataset(config), batch_size=256)
+    test = FeatureCache(pretrained, test_dataset(config))
+    phases.end("setup")
+    cuts = [parts.cut for parts in (split(wrapped(pretrained, ARMS[label]))
+                                    for label in args.arms) if parts]
+    for cut in sorted(set(cuts)):  # the earliest first: later cuts are derived from it
+        for data in (*clients, test):
+            data.at(cut)
+    phases.end("cache")
     results = {}
     for label in args.arms:
         arm = ARMS[label]
         runs = [run_arm(pretrained, arm, clients, test, config, seed) for seed in args.seeds]
         results[label] = {**asdict(arm), **summary(runs), "runs": runs,
-                          "training_bytes": training_bytes(pretrained, arm, clients[0],
+                          "training_bytes": training_bytes(pretrained, arm, clients[0].data,
                                                            config.batch_size)}
-    seconds = time.perf_counter() - started
-    print(f"\nFedAvg, {config.num_clients} clients, {config.rounds} rounds, seeds {args.seeds}: "
-          "plain balanced test accuracy, mean [min, max] over seeds")
-    print(f"{'arm':28} {'round 0':>8} {'last':>22} {'worst below r0':>15} {'training':>10}")
-    for label, r in results.items():
-        print(f"{label:28} {r['mean'][0]:8.4f} {r['mean'][-1]:8.4f} [{r['low'][-1]:.4f}, "
-              f"{r['high'][-1]:.4f}] {100 * r['worst_below_start']:12.2f} pt "
-              f"{r['training_bytes'] / 2**20:7.2f} MiB")
-    record = {"experiment": config.model_dump(), "seeds": args.seeds, "seconds": seconds,
-              "load_average": list(os.getloadavg()), "arms": results}
+        phases.end(label)
+    print_table(results, config, args.seeds)
+    print(f"wall time {phases.seconds:.0f} s: {phases.line()}")
+    record = {"experiment": config.model_dump(), "seeds": args.seeds, **phases.record(),
+              "arms": results}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"federated{'-' + args.tag if args.tag else ''}.json"
     path.write_text(json.dumps(record, indent=1))
-    print(f"wrote {path} in {seconds:.0f} s", file=sys.stderr)
+    print(f"wrote {path} in {record['seconds']:.0f} s", file=sys.stderr)
     return record
 
 

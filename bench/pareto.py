@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import time
@@ -57,6 +56,7 @@ from rich.table import Table
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from bench.phases import Phases
 from common.compression import compressed_bytes, layer_ranks, trainable_layers, wrap_last_layers
 from common.config import ExperimentConfig
 from common.data import dataset_spec, labels_of, load_dataset, matched_subset, subsample
@@ -390,11 +390,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def phase_record(seconds: float) -> dict[str, object]:
-    """A phase's wall time and the load average at its end."""
-    return {"seconds": seconds, "load_average": list(os.getloadavg())}
-
-
 def main(argv: list[str] | None = None) -> list[Point]:
     args = parse_args(argv)
     if args.all_steps < 0:
@@ -402,8 +397,7 @@ def main(argv: list[str] | None = None) -> list[Point]:
     if args.threads:
         torch.set_num_threads(args.threads)
     console = Console(width=None if sys.stdout.isatty() else 170)
-    started = time.perf_counter()
-    load_at_start = list(os.getloadavg())
+    phases = Phases()
     config: ExperimentConfig = load_config(args.config)
     pretrained = pretrain_setup_b(config)
     _, client_half = setup_b_data(config)
@@ -424,18 +418,16 @@ def main(argv: list[str] | None = None) -> list[Point]:
         FeatureCache(pretrained, client_half), FeatureCache(pretrained, tests.images),
         {seed: subsample(np.arange(len(client_half)), args.train_samples, seed).tolist()
          for seed in args.seeds})
-    phases = {"setup": phase_record(time.perf_counter() - started)}
-    mark = time.perf_counter()
+    phases.end("setup")
     cuts = {k: split(wrap_last_layers(copy.deepcopy(pretrained), "vanilla", k)) for k in ks}
     for cut in sorted(parts.cut for parts in cuts.values() if parts):  # the earliest first:
         caches.train.at(cut)  # later cuts are derived from it
         caches.test.at(cut)
-    phases["cache"] = phase_record(time.perf_counter() - mark)
+    phases.end("cache")
     variants = [v for v in VARIANTS if v.label in args.methods]
     runs: dict[tuple[str, int], Point] = {}
     for phase, group in (("cached", [k for k in ks if cuts[k]]),
                          ("whole", [k for k in ks if not cuts[k]])):
-        mark = time.perf_counter()
         for last_k in group:
             for variant in variants:
                 point = combine([run_point(pretrained, variant, last_k, caches, tests, args,
@@ -447,9 +439,9 @@ def main(argv: list[str] | None = None) -> list[Point]:
                     f"kept {format_bytes(point.activation_bytes):>10}  "
                     f"compressed {format_bytes(point.compressed_bytes):>10}  "
                     f"{point.steps} x {point.step_ms:.1f} ms/step  "
-                    f"[{time.perf_counter() - started:.0f} s]"
+                    f"[{phases.seconds:.0f} s]"
                 )
-        phases[phase] = phase_record(time.perf_counter() - mark)
+        phases.end(phase)
     points = [runs[v.label, k] for v in variants for k in ks]
     print_table(console, points, baselines)
     summary = summarize(points, num_layers) if {"hosvd", "vanilla"} <= {
@@ -463,10 +455,7 @@ def main(argv: list[str] | None = None) -> list[Point]:
         "experiment": config.model_dump(),
         "num_layers": num_layers,
         "pretrained_accuracy": baselines,
-        "seconds": time.perf_counter() - started,
-        "phases": phases,
-        "load_average_at_start": load_at_start,
-        "load_average": list(os.getloadavg()),
+        **phases.record(),
         "train_images": {seed: len(draw) for seed, draw in caches.draws.items()},
         "test_images": {name: len(rows) for name, rows in tests.parts.items()},
         "points": [asdict(p) for p in points],
@@ -474,9 +463,7 @@ def main(argv: list[str] | None = None) -> list[Point]:
     }
     (args.out / "pareto.json").write_text(json.dumps(record, indent=1))
     console.print(f"wrote {args.out / 'pareto.json'} and {args.out / 'pareto.png'} "
-                  f"in {record['seconds']:.0f} s: "
-                  + ", ".join(f"{name} {r['seconds']:.0f} s (load {r['load_average'][0]:.1f})"
-                              for name, r in phases.items()))
+                  f"in {record['seconds']:.0f} s: {phases.line()}")
     return points
 
 

@@ -1,15 +1,24 @@
 """The arithmetic of the accuracy benchmarks: FedAvg's weighted mean, per-round summaries over
-seeds, and one Pareto point from several seeds."""
+seeds, one Pareto point from several seeds; and that a client's round on cached prefix
+features is the round of the whole model."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from bench.federated import fedavg, summary
+from bench.federated import ARMS, CREDIBLE, fedavg, local_update, summary, wrapped
 from bench.pareto import Point, combine
+from bench.phases import Phases
+from client.task import trainable_sgd
+from common.featurecache import FeatureCache
+from common.models import build_model
+from common.train import log_prior, train
+from common.validate import load_config
 
 
 def test_fedavg_weights_by_examples_and_keeps_counters() -> None:
@@ -42,3 +51,50 @@ def test_combine_takes_means_ranges_and_largest_memory() -> None:
         (0.85, 0.8, 0.9))
     assert point.activation_bytes == 120 and point.step_ms == 15.0
     assert point.ranks == [[1, 2, 3, 4]]
+
+
+def test_fedavg_keeps_a_tensor_every_client_left_unchanged_bit_for_bit() -> None:
+    frozen = torch.tensor([0.1, 0.7, 1.3, -2.9])
+    weights = [1, 2, 4]
+    naive = sum(frozen * (n / 7) for n in weights)
+    assert not torch.equal(naive, frozen)  # floating point: the mean of equal values drifts
+    states = [{"frozen": frozen.clone(), "w": torch.tensor([float(i)])} for i in range(3)]
+    mean = fedavg(states, weights)
+    assert torch.equal(mean["frozen"], frozen)
+    assert mean["w"].item() == pytest.approx((0 + 2 + 8) / 7)
+
+
+def test_local_update_on_cached_features_matches_training_the_whole_model() -> None:
+    torch.manual_seed(0)
+    model = build_model("mobilenetv2", 10, 1, 32, 0.25).eval()
+    generator = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(48, 1, 32, 32, generator=generator),
+                         torch.randint(0, 10, (48,), generator=generator))
+    config = load_config(CREDIBLE).model_copy(update={"local_steps": 3, "batch_size": 16})
+    arm = ARMS["hosvd0.8 k4"]
+    torch.manual_seed(5)
+    cached = local_update(model, arm, FeatureCache(model, data), config, 2, seed=3)
+    whole = wrapped(model, arm)
+    loader = DataLoader(data, batch_size=16, shuffle=True,
+                        generator=torch.Generator().manual_seed(3 * 100_003 + 2))
+    torch.manual_seed(5)
+    train(whole, loader, trainable_sgd(whole, config.lr), max_steps=3,
+          logit_adjustment=log_prior(data.tensors[1], 10), span=(0.2, 0.4))
+    changed = 0
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(cached[key], value, atol=1e-5, rtol=0)
+        changed += not torch.equal(value, model.state_dict()[key])
+    assert changed >= 4  # the four trained layers moved
+
+
+def test_phases_record_consecutive_wall_times_and_load() -> None:
+    phases = Phases()
+    phases.end("first")
+    time.sleep(0.02)
+    phases.end("second")
+    record = phases.record()
+    assert list(record["phases"]) == ["first", "second"]
+    assert record["phases"]["second"]["seconds"] >= 0.02
+    assert sum(r["seconds"] for r in record["phases"].values()) <= record["seconds"]
+    assert len(record["load_average_at_start"]) == 3
+    assert phases.line().startswith("first 0 s (load ")
