@@ -22,9 +22,9 @@ method and configuration every round), Flower's transport. ``edgefed run`` measu
 bench isolates the optimisation. An *arm* is a method/last_k/eps with a client loss and a
 learning-rate schedule; ``--arms`` picks them by label (see ``ARMS``), ``--seeds`` repeats each
 with other shuffling seeds (per round, the mean and the min-max range over seeds are reported);
-``--seed`` changes the experiment itself (Setup-B split, pretraining, Dirichlet partitions):
-pick one that no test and no tuning used (a new one pretrains its checkpoint first, several
-minutes, then cached).
+``--seed`` changes the experiment itself (Setup-B split, pretraining, Dirichlet partitions);
+its default, 7, is one that no test and no tuning used (a seed without a cached checkpoint
+pretrains it first: about 8 minutes on 2 idle cores, then cached).
 
     python -m bench.federated [--config examples/credible.yaml] [--arms ...] [--seeds 0 1 2]
                               [--rounds 5] [--samples-per-client N] [--test-samples N]
@@ -96,8 +96,9 @@ def _arms() -> dict[str, Arm]:
 
 
 ARMS = _arms()
-HEADLINE = ("vanilla k4", "hosvd0.8 k4", "hosvd0.9 k4", "svd0.8 k4", "gradfilter R2 k4",
-            "asi0.8 k4", "vanilla k1")
+HEADLINE = ("vanilla k4", "hosvd0.8 k4", "svd0.8 k4", "asi0.8 k4")
+HELD_OUT_SEED = 7  # the default experiment seed: a split, pretraining and partition that no
+# test and no tuning used (the drift fixes were chosen on seeds 0 and 1, README)
 
 
 def _num_classes(config: ExperimentConfig) -> int:
@@ -208,9 +209,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="default: the config's (none: the whole partition)")
     parser.add_argument("--test-samples", type=int, default=None,
                         help="default: the config's (none: the whole test set)")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--seed", type=int, default=HELD_OUT_SEED,
                         help="the experiment's seed (split, pretraining, partitions); "
-                        "default: the config's")
+                        f"default {HELD_OUT_SEED}, held out from tests and tuning")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     parser.add_argument("--out", type=Path, default=RESULTS)
