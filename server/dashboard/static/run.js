@@ -145,6 +145,8 @@ const COLUMNS = [
   ["budget", (c) => bytes(c.budget_bytes), "num"], ["training", (c) => bytes(c.training_bytes), "num"],
   ["activations", (c) => bytes(c.activation_bytes), "num"], ["gradients", (c) => bytes(c.grad_bytes), "num"],
   ["optimizer", (c) => bytes(c.optimizer_bytes), "num"], ["compressed", (c) => bytes(c.compressed_bytes), "num"],
+  ["parameters", (c) => bytes(c.param_bytes), "num"], ["transient", (c) => bytes(c.transient_bytes), "num"],
+  ["forward peak", (c) => bytes(c.peak_forward_bytes), "num"],
   ["step peak", (c) => bytes(c.peak_step_bytes), "num"], ["total", (c) => bytes(c.total_bytes), "num"],
   ["cgroup peak", (c) => bytes(c.rss_peak_bytes), "num"], ["cgroup limit", (c) => bytes(c.memory_limit_bytes), "num"],
   ["method", (c) => c.method ?? ""], ["last_k", (c) => c.last_k ?? "", "num"],
