@@ -231,9 +231,9 @@ def test_run_page_follows_events_live(browser, tmp_path):
                    and count(d, "#client-table tbody tr") == 4)
         assert drawn_over_budget(browser) == over_budget(records) == {"1"}
         assert count(browser, "#chart-memory g.client rect.bar") == 9  # 3 components each
-        headers = {th.text for th in browser.find_elements(By.CSS_SELECTOR, "#client-table th")}
+        columns = {th.text for th in browser.find_elements(By.CSS_SELECTOR, "#client-table th")}
         assert {"budget", "training", "activations", "gradients", "optimizer", "compressed",
-                "parameters", "transient", "forward peak", "step peak"} <= headers  # the account
+                "parameters", "transient", "forward peak", "step peak"} <= columns  # the account
         note = load_catalogue().profiles["rpi5"].budget_note  # what the budget stands for
         assert browser.find_element(By.ID, "budget-notes").text == f"rpi5: {note}"
         browser.save_screenshot(str(OUTPUT / "dashboard-run-budget.png"))
