@@ -20,6 +20,11 @@ with its own cosine decay over those steps. ``step_ms`` is the time of the step 
 suffix's for a cached point (``cut``, the stage the suffix starts at), the whole model's for
 ``cut`` None.
 
+Every variant trains all 53 layers, depthwise convs and the Linear included (tested). Gradient
+filtering keeps the classifier's 2-D Linear input whole (no spatial axis to pool; exact dW, so
+gradfilter at last_k 1 is vanilla), and on the default model's last 4 layers the maps are
+2 x 2, one patch for radius 2 and 4 alike, so both radii give the same point there.
+
 Memory per point (the largest over seeds), always of the whole model on a batch of images:
 
 - ``activation_bytes``: measured with ``common.memory.measure`` -- everything autograd keeps for

@@ -9,15 +9,17 @@ import time
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench.federated import ARMS, CREDIBLE, fedavg, local_update, summary, wrapped
-from bench.pareto import Point, combine
+from bench.pareto import VARIANTS, Point, Variant, combine
 from bench.phases import Phases
 from client.task import trainable_sgd
+from common.compression import trainable_layers, wrap_last_layers
 from common.featurecache import FeatureCache
 from common.models import build_model
-from common.train import log_prior, train
+from common.train import batchnorm_eval, log_prior, train
 from common.validate import load_config
 
 
@@ -98,3 +100,21 @@ def test_phases_record_consecutive_wall_times_and_load() -> None:
     assert sum(r["seconds"] for r in record["phases"].values()) <= record["seconds"]
     assert len(record["load_average_at_start"]) == 3
     assert phases.line().startswith("first 0 s (load ")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.label)
+def test_every_pareto_variant_trains_all_53_layers(variant: Variant) -> None:
+    """Depthwise convs and the Linear included: one step gives every trainable weight a
+    finite, non-zero gradient (gradfilter keeps a 2-D Linear input whole)."""
+    torch.manual_seed(0)
+    model = build_model("mobilenetv2", 10, 1, 32, 0.5)
+    layers = trainable_layers(model)
+    assert len(layers) == 53
+    assert any(m.groups > 1 for _, m in layers if isinstance(m, nn.Conv2d))
+    batchnorm_eval(wrap_last_layers(model, variant.method, len(layers), **dict(variant.params)))
+    loss = nn.functional.cross_entropy(model(torch.randn(8, 1, 32, 32)),
+                                       torch.randint(0, 10, (8,)))
+    loss.backward()
+    for name, layer in layers:
+        grad = layer.weight.grad
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
