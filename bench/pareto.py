@@ -169,8 +169,8 @@ class TestSets:
 
 @dataclass(frozen=True)
 class Caches:
-    """The frozen prefix's features of the client half and of the test images
-    (``common.featurecache``), and the seeds' draws as positions into the client half."""
+    """The frozen prefix's features of the client-half images some seed draws and of the test
+    images (``common.featurecache``), and each seed's draw as positions into the former."""
 
     train: FeatureCache
     test: FeatureCache
@@ -355,7 +355,7 @@ def print_table(console: Console, points: list[Point], baselines: dict[str, floa
     table = Table(title=f"Setup B Pareto sweep (pretrained: {baselines['accuracy']:.2%} "
                         f"balanced, {baselines['client_accuracy']:.2%} client-mix)")
     for column in ("method", "last k", "acc balanced", "acc client-mix", "kept (measured)",
-                   "compressed (max)", "training", "ms/step"):
+                   "compressed (max)", "training", "steps", "ms/step"):
         table.add_column(column, justify="left" if column == "method" else "right",
                          no_wrap=True)
     for p in points:
@@ -364,7 +364,7 @@ def print_table(console: Console, points: list[Point], baselines: dict[str, floa
                       f"{p.client_accuracy:.2%} [{p.client_accuracy_low:.2%}, "
                       f"{p.client_accuracy_high:.2%}]",
                       format_bytes(p.activation_bytes), format_bytes(p.compressed_bytes),
-                      format_bytes(p.training_bytes), f"{p.step_ms:.0f}")
+                      format_bytes(p.training_bytes), str(p.steps), f"{p.step_ms:.1f}")
     console.print(table)
 
 
@@ -419,10 +419,13 @@ def main(argv: list[str] | None = None) -> list[Point]:
     baselines = tests.accuracies(copy.deepcopy(pretrained))
     num_layers = len(trainable_layers(pretrained))
     ks = sorted(num_layers if k == "all" else int(k) for k in args.last_k)
+    draws = {seed: subsample(np.arange(len(client_half)), args.train_samples, seed)
+             for seed in args.seeds}
+    drawn = np.unique(np.concatenate(list(draws.values())))  # what the prefix must see
     caches = Caches(
-        FeatureCache(pretrained, client_half), FeatureCache(pretrained, tests.images),
-        {seed: subsample(np.arange(len(client_half)), args.train_samples, seed).tolist()
-         for seed in args.seeds})
+        FeatureCache(pretrained, Subset(client_half, drawn.tolist())),
+        FeatureCache(pretrained, tests.images),
+        {seed: np.searchsorted(drawn, draw).tolist() for seed, draw in draws.items()})
     phases.end("setup")
     cuts = {k: split(wrap_last_layers(copy.deepcopy(pretrained), "vanilla", k)) for k in ks}
     for cut in sorted(parts.cut for parts in cuts.values() if parts):  # the earliest first:
