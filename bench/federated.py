@@ -184,17 +184,18 @@ def summary(runs: list[list[float]]) -> dict[str, object]:
 
 
 def print_table(results: dict[str, dict], config: ExperimentConfig, seeds: list[int]) -> None:
-    """Per arm and round: mean [min, max] over seeds; the worst round below round 0 and the
-    measured training memory."""
+    """Per arm and round: mean [min, max] over seeds; round 0's accuracy minus the lowest
+    later round's (negative: every round above the pretrained model) and the measured training
+    memory."""
     print(f"\nFedAvg, {config.num_clients} clients, {config.rounds} rounds, seeds {seeds}: "
           "plain balanced test accuracy, mean [min, max] over seeds")
     rounds = range(config.rounds + 1)
     print(f"{'arm':26} " + " ".join(f"{f'round {r}':>24}" for r in rounds)
-          + f" {'worst below r0':>15} {'training':>10}")
+          + f" {'r0 - worst round':>16} {'training':>10}")
     for label, r in results.items():
         cells = " ".join(f"{r['mean'][i]:8.4f} [{r['low'][i]:.4f}, {r['high'][i]:.4f}]"
                          for i in rounds)
-        print(f"{label:26} {cells} {100 * r['worst_below_start']:12.2f} pt "
+        print(f"{label:26} {cells} {100 * r['worst_below_start']:13.2f} pt "
               f"{r['training_bytes'] / 2**20:7.2f} MiB")
 
 
