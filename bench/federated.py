@@ -1,7 +1,7 @@
 """Federated Setup B in one process: does fine-tuning drift below the pretrained model?
 
 FedAvg over every client of an experiment (``examples/credible.yaml`` by default: 20 clients,
-Dirichlet 0.5 over the whole Setup-B client half, 5 rounds, one local epoch, batch 32): each
+Dirichlet 0.5 over the whole Setup-B client half, 5 rounds, 20 local steps of batch 32): each
 round every client fine-tunes a copy of the global model on its partition with
 ``common.train.train`` -- the same optimizer, clipping, frozen BatchNorm, learning-rate slice
 (``round_span``) and loss (``log_prior`` logit adjustment) as the ClientApp -- and the server
