@@ -42,7 +42,7 @@ from server.dashboard.settings import Settings
 
 EXAMPLES = 12  # per operation and mode
 SCENARIOS_PER_RUN = 20  # x up to 15 steps; runs (seeds STATEFUL_SEED, +1, ...) until:
-STATEFUL_REQUESTS = 1500
+STATEFUL_REQUESTS = 2000
 MAX_RUNS = 40
 MIN_FED = 20  # ingested events into attached runs, and exports of runs with rows, at least
 

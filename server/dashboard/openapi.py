@@ -112,9 +112,13 @@ def _catalogue_devices(components: dict[str, Any]) -> None:
 def _when(model: type[BaseModel], values: dict[str, Collection[object]]) -> dict[str, Any]:
     """A JSON Schema ``if`` that holds when each field has one of its values; a field left out
     has its default (so it is required only where the default is not among the values)."""
-    return {"properties": {name: {"enum": sorted(allowed)} for name, allowed in values.items()},
-            "required": [name for name, allowed in values.items()
-                         if model.model_fields[name].default not in allowed]}
+    condition: dict[str, Any] = {
+        "properties": {name: {"enum": sorted(allowed)} for name, allowed in values.items()}}
+    required = [name for name, allowed in values.items()
+                if model.model_fields[name].default not in allowed]
+    if required:
+        condition["required"] = required
+    return condition
 
 
 @cache
