@@ -21,6 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from common.compression.registry import REGISTRY
+from common.devices import load_catalogue
 from tests.dashboard_support import REPO, DashboardProcess, wait_for
 
 CHROMIUM = Path(os.environ.get("EDGEFED_CHROMIUM") or "/usr/bin/chromium")
@@ -230,6 +231,11 @@ def test_run_page_follows_events_live(browser, tmp_path):
                    and count(d, "#client-table tbody tr") == 4)
         assert drawn_over_budget(browser) == over_budget(records) == {"1"}
         assert count(browser, "#chart-memory g.client rect.bar") == 9  # 3 components each
+        columns = {th.text for th in browser.find_elements(By.CSS_SELECTOR, "#client-table th")}
+        assert {"budget", "training", "activations", "gradients", "optimizer", "compressed",
+                "parameters", "transient", "forward peak", "step peak"} <= columns  # the account
+        note = load_catalogue().profiles["rpi5"].budget_note  # what the budget stands for
+        assert browser.find_element(By.ID, "budget-notes").text == f"rpi5: {note}"
         browser.save_screenshot(str(OUTPUT / "dashboard-run-budget.png"))
         post(state={"status": "finished"})
         wait.until(lambda d: d.find_element(By.ID, "run-status").text == "finished")

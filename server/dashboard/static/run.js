@@ -13,6 +13,7 @@ const COMPONENTS = [["activations kept", "activation_bytes"], ["gradients", "gra
 const UNDER = ["#2f6fdf", "#7aa5f0", "#b9cff7"];
 const OVER = ["#d92d20", "#e8706a", "#f2aca8"];
 let run; let config;
+let budgetNotes = {}; // device name -> what its budget represents (the catalogue's budget_note)
 const rounds = new Map();
 const clients = new Map();
 const key = (c) => `${c.round}|${c.phase}|${c.partition_id}`;
@@ -58,8 +59,16 @@ function memoryBar(c) {
     title: `client ${c.partition_id} (${c.device}), round ${c.round}: ${c.status}`
       + (measured ? `, training ${bytes(c.training_bytes)} of budget ${bytes(c.budget_bytes)}`
         + `${over ? " (over budget)" : ""}: ${parts}; whole-step peak ${bytes(c.peak_step_bytes)}`
-        : "") + (c.reason ? ` — ${c.reason}` : ""),
+        : "") + (c.reason ? ` — ${c.reason}` : "")
+      + (budgetNotes[c.device] ? `\nbudget: ${budgetNotes[c.device]}` : ""),
   };
+}
+
+// One line per device of this run: its budget and what that number represents.
+function budgetLegend() {
+  const devices = [...new Set(config.fleet.map((f) => f.device))];
+  return el("ul", { id: "budget-notes", class: "muted" }, ...devices.filter((d) => budgetNotes[d])
+    .map((d) => el("li", {}, el("b", {}, d), `: ${budgetNotes[d]}`)));
 }
 
 function skeleton() {
@@ -84,7 +93,8 @@ function skeleton() {
         el("div", { class: "legend" },
           ...COMPONENTS.map(([name], i) => el("span", {}, el("i", { style: `background:${UNDER[i]}` }), name)),
           el("span", {}, el("i", { style: "background:#1d2433;height:2px" }), "budget"),
-          el("span", {}, el("i", { style: `background:${OVER[0]}` }), "over budget"))),
+          el("span", {}, el("i", { style: `background:${OVER[0]}` }), "over budget")),
+        budgetLegend()),
       el("div", { class: "card" }, el("h2", {}, "Clients × rounds"), el("div", { id: "chart-heatmap" }),
         el("div", { class: "legend" },
           el("span", {}, el("i", { style: "background:hsl(145,55%,60%)" }), "ok (darker: higher accuracy)"),
@@ -135,6 +145,8 @@ const COLUMNS = [
   ["budget", (c) => bytes(c.budget_bytes), "num"], ["training", (c) => bytes(c.training_bytes), "num"],
   ["activations", (c) => bytes(c.activation_bytes), "num"], ["gradients", (c) => bytes(c.grad_bytes), "num"],
   ["optimizer", (c) => bytes(c.optimizer_bytes), "num"], ["compressed", (c) => bytes(c.compressed_bytes), "num"],
+  ["parameters", (c) => bytes(c.param_bytes), "num"], ["transient", (c) => bytes(c.transient_bytes), "num"],
+  ["forward peak", (c) => bytes(c.peak_forward_bytes), "num"],
   ["step peak", (c) => bytes(c.peak_step_bytes), "num"], ["total", (c) => bytes(c.total_bytes), "num"],
   ["cgroup peak", (c) => bytes(c.rss_peak_bytes), "num"], ["cgroup limit", (c) => bytes(c.memory_limit_bytes), "num"],
   ["method", (c) => c.method ?? ""], ["last_k", (c) => c.last_k ?? "", "num"],
@@ -177,7 +189,9 @@ function listen() {
 
 header();
 try {
-  load(await api(`/api/runs/${runId}`));
+  const [detail, catalogue] = await Promise.all([api(`/api/runs/${runId}`), api("/api/devices")]);
+  load(detail);
+  budgetNotes = Object.fromEntries(catalogue.profiles.map((p) => [p.name, p.budget_note]));
   skeleton();
   render();
   listen();
