@@ -28,6 +28,7 @@ from common.compression.conv import ConvGeometry, tucker_conv_weight_grad
 from common.compression.decompose import (
     as_slices,
     gram_lower,
+    mode_gram,
     mode_product,
     one_thread,
     thin_power,
@@ -213,6 +214,17 @@ def test_mode_products_on_slices_equal_the_unfolding_math(n, k, batched):
     assert rel(mode_product(x, m, n), want) < 1e-12
     u = torch.randn(x.shape[n], k, dtype=DTYPE)
     assert rel(thin_power(x, u, n), u.T @ a @ a.T) < 1e-12
+
+
+@pytest.mark.parametrize("n", [2, 1, 3])
+def test_mode_gram_lower_triangle_is_the_unfoldings_gram(n):
+    """On 14 x 15 slices (mode 2) the batched sum over slices, elsewhere ``gram_lower``:
+    the lower triangle is A_(n) A_(n)^T's either way."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 14, 15, dtype=DTYPE)
+    a = tl.unfold(x, n)
+    got = mode_gram(x, n)
+    assert rel(got.tril(), (a @ a.T).tril()) < 1e-12
 
 
 def test_hosvd_matches_full_svd_reference():
