@@ -144,12 +144,13 @@ def gram_lower(a: Tensor) -> Tensor:
     return gram
 
 
-SLICE_GRAM_MIN_SIDE = 14  # slices at least this many rows and columns for ``slice_gram``
+SLICE_GRAM_MIN_SIDE = 14  # slices at least this many rows and columns for ``mode_gram``
 SLICE_GRAM_CHUNK = 1 << 20  # elements of the partial Gram matrices summed at once
 
 
 def mode_gram(x: Tensor, n: int) -> Tensor:
-    """The lower triangle (what eigh reads) of G = A_(n) A_(n)^T, I_n x I_n.
+    """G = A_(n) A_(n)^T (I_n x I_n), exact on and below the diagonal (what eigh reads; the
+    entries above are G's or zero, see ``gram_lower``).
 
     For a middle mode whose slices X_p of the copy-free view (P, I_n, Q) are at least
     14 x 14 and with I_n < 128 (where ``gram_lower`` forms the whole product too):
