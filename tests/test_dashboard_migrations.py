@@ -16,18 +16,22 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from pydantic import BaseModel
 from sqlalchemy import Text, create_engine, inspect, text
 
 from server.dashboard.migrations import alembic_config, upgrade
 from server.dashboard.models import Base, record_columns
-from tests.test_dashboard_api import client_event, make_client, post
+from server.dashboard.store import hash_token
+from tests.dashboard_support import tiny_config
+from tests.test_dashboard_api import client_event, create, make_client, post
 
 FIXTURES = Path(__file__).with_name("fixtures")
 OLD = json.loads((FIXTURES / "dashboard-ace9c78.json").read_text())
 RAN_WITH = importlib.import_module(  # what revision 0004 writes into configs lacking it
     "server.dashboard.migrations.versions.0004_config_defaults").RAN_WITH
 RENAMED = {"peak_bytes": "peak_forward_bytes"}  # ace9c78's name -> the record's
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 NEW_FIELDS = {"training_bytes", "grad_bytes", "optimizer_bytes", "param_bytes",
               "transient_bytes", "peak_step_bytes", "rss_peak_bytes", "memory_limit_bytes"}
 
@@ -91,7 +95,7 @@ def test_an_ace9c78_database_upgrades_in_place_and_serves_its_runs(tmp_path: Pat
     assert _schema_differences(url) == []
     with create_engine(url).connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0004",)]
+            (HEAD,)]
 
 
 def test_the_revisions_from_nothing_build_the_models_schema_and_downgrade(tmp_path: Path
@@ -112,7 +116,7 @@ def test_a_new_database_is_made_at_the_newest_revision(tmp_path: Path) -> None:
     assert _schema_differences(url) == []
     with create_engine(url).connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
-            ("0004",)]
+            (HEAD,)]
 
 
 def test_downgrade_keeps_the_old_runs(tmp_path: Path) -> None:
@@ -133,3 +137,44 @@ def test_a_record_field_without_a_column_type_is_named() -> None:
     with pytest.raises(TypeError, match=r"odd: no column type for int \| str"):
         record_columns(Odd, {})
     assert [c.name for c in record_columns(Odd, {"odd": Text()})] == ["fine", "odd"]
+
+
+def _table_sql(url: str, table: str) -> str:
+    with create_engine(url).connect() as connection:
+        return connection.execute(text("SELECT sql FROM sqlite_master WHERE name = :t"),
+                                  {"t": table}).scalar_one()
+
+
+def test_a_database_from_before_revision_0005_never_reuses_an_experiment_id(tmp_path: Path
+                                                                           ) -> None:
+    """Made at revision 0004 (experiments without AUTOINCREMENT), holding three experiments and
+    a run of the second; upgraded by the dashboard that opens it: the newest experiment deleted,
+    the next one gets a new id, and the rebuilt table took nothing with it (no cascade to
+    ``runs``: the old run still takes its events)."""
+    url = f"sqlite:///{tmp_path / 'dashboard.db'}"  # the settings' default database
+    command.upgrade(alembic_config(create_engine(url)), "0004")
+    assert "AUTOINCREMENT" not in _table_sql(url, "experiments")
+    with create_engine(url).begin() as connection:  # as the dashboard at 0004 stored them
+        for experiment_id in (1, 2, 3):
+            connection.execute(text(
+                "INSERT INTO experiments (id, name, config_json, created_at) "
+                "VALUES (:id, 'old', :config, 0)"),
+                {"id": experiment_id, "config": json.dumps(tiny_config(name="old"))})
+        connection.execute(text(
+            "INSERT INTO runs (id, experiment_id, engine, external, status, message, token_hash, "
+            "created_at, last_event_id) VALUES ('old', 2, 'simulation', 1, 'running', '', :hash, "
+            "0, 0)"), {"hash": hash_token("old-token")})
+    with make_client(tmp_path) as client:
+        assert "AUTOINCREMENT" in _table_sql(url, "experiments")
+        post(client, "old", {"Authorization": "Bearer old-token"}, client_event("old", 1, 0))
+        assert client.delete("/api/experiments/3").status_code == 204
+        assert create(client)["id"] == 4
+        assert client.delete("/api/experiments/4").status_code == 204
+    with make_client(tmp_path) as client:  # nor after a restart
+        assert create(client)["id"] == 5
+        assert [e["id"] for e in client.get("/api/experiments").json()] == [5, 2, 1]
+        assert client.get("/api/experiments/2").json()["runs"][0]["id"] == "old"
+        assert len(client.get("/api/runs/old/clients").json()) == 1
+    with create_engine(url).connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
+            (HEAD,)]

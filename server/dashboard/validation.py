@@ -22,6 +22,8 @@ from common.events import Event
 from common.validate import check_experiment
 
 INT64 = 2**63
+UNSIGNED = frozenset({("client", "node_id")})  # event fields stored as uint64 (Flower node ids)
+EVENT_PARTS = ("client", "round", "state")  # an event sets exactly one
 ECHO_DEPTH = 16
 TOO_DEEP = "(nested too deeply to echo)"
 
@@ -94,6 +96,6 @@ def event_errors(event: Event, run_id: str) -> list[dict]:
     if event.run_id != run_id:
         return [_error(("run_id",), f"run_id: {event.run_id!r} does not match the URL's "
                        f"{run_id!r}", event.run_id)]
-    if sum(part is not None for part in (event.client, event.round, event.state)) != 1:
-        return [_error((), "exactly one of client, round, state must be set")]
-    return storable_errors(event.model_dump(), unsigned=frozenset({("client", "node_id")}))
+    if sum(getattr(event, part) is not None for part in EVENT_PARTS) != 1:
+        return [_error((), f"exactly one of {', '.join(EVENT_PARTS)} must be set")]
+    return storable_errors(event.model_dump(), unsigned=UNSIGNED)

@@ -8,7 +8,7 @@ before this revision) the first is kept.
 Not here: SQLite's AUTOINCREMENT on ``experiments`` (ids never reused after a delete), which
 databases created since have (``models.py``). Adding it means rebuilding the table, and SQLite
 drops the old one with a cascade to ``runs`` while foreign keys are on, which they are inside
-this transaction; an upgraded database keeps reusing the highest id after a delete.
+this transaction; revision 0005 does it, with foreign keys off (``env.py``).
 
 Revision ID: 0003
 Revises: 0002
