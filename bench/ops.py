@@ -24,7 +24,7 @@ wrapped layer's input of the suite, identical ranks asserted.
 
 Inputs are Fashion-MNIST test images (upsampled to 224 px, 3 channels) through the model, whose
 BatchNorm statistics are calibrated on those images first (random-init weights otherwise;
-no pretrained weights are downloaded). Writes bench/results/ops.json.
+no pretrained weights are downloaded). Writes bench/results/ops.json (or ``--out``).
 
 OpenMP's default busy-waiting burns time slices at every barrier on shared cores (measured:
 small LAPACK calls 5-10x slower), so OMP_WAIT_POLICY defaults to PASSIVE here; it must be set
@@ -315,6 +315,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--case", action="append", default=[],
                         help="only cases whose name contains this text (repeatable)")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help=f"JSON results file (default {RESULTS}; elsewhere for a run on a "
+                             "busy machine)")
     args = parser.parse_args()
     region_reps, model_reps, decomposition_reps = (3, 1, 1) if args.quick else (9, 5, 3)
     batch_sizes = (64,) if args.quick else (32, 64)
@@ -344,8 +347,8 @@ def main() -> None:
         console.print(f"{'PASS' if ok else 'FAIL'}  {target}")
     load_after = os.getloadavg()
     console.print(f"load average after: {load_after}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                         "load_average_before": load_before, "load_average_after": load_after,
@@ -353,7 +356,7 @@ def main() -> None:
                         "quick": args.quick},
         "cases": cases, "decomposition": decomposition, "targets": targets,
     }, indent=2))
-    console.print(f"wrote {RESULTS}")
+    console.print(f"wrote {args.out}")
     assert targets["identical ranks"], "Gram-route and reference HOSVD ranks differ"
 
 

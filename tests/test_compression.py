@@ -7,6 +7,7 @@ import copy
 from itertools import product
 
 import pytest
+import tensorly as tl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,7 +25,14 @@ from common.compression import (
     wrapped_layers,
 )
 from common.compression.conv import ConvGeometry, tucker_conv_weight_grad
-from common.compression.decompose import gram_lower, one_thread
+from common.compression.decompose import (
+    as_slices,
+    gram_lower,
+    mode_gram,
+    mode_product,
+    one_thread,
+    thin_power,
+)
 from common.compression.lean import pack_bits, unpack_bits
 from common.compression.linear import tucker_linear_weight_grad
 from common.compression.rank import eps_ranks, widen_free_modes
@@ -189,6 +197,34 @@ def test_free_modes_are_kept_whole():
     """A factor that costs more than it saves is dropped (identity): fewer bytes, exact."""
     assert widen_free_modes((64, 480, 2, 2), (1, 1, 1, 1)) == (1, 1, 2, 2)
     assert widen_free_modes((64, 32, 16, 16), (3, 3, 3, 2)) == (3, 3, 3, 2)
+
+
+@pytest.mark.parametrize("n,k,batched", [(1, 3, True), (1, 20, False), (2, 2, True), (2, 3, False),
+                                         (0, 3, False), (3, 2, False)])
+def test_mode_products_on_slices_equal_the_unfolding_math(n, k, batched):
+    """X x_n M and (U^T A_(n)) A_(n)^T, on the copy-free slices where ``as_slices`` takes
+    them (middle mode, 2k <= Q) and through the unfolding elsewhere, equal the unfolded
+    definitions."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 7, 5, 4, dtype=DTYPE)
+    assert (as_slices(x, n, k) is not None) == batched
+    m = torch.randn(k, x.shape[n], dtype=DTYPE)
+    a = tl.unfold(x, n)
+    want = tl.fold(m @ a, n, [*x.shape[:n], k, *x.shape[n + 1:]])
+    assert rel(mode_product(x, m, n), want) < 1e-12
+    u = torch.randn(x.shape[n], k, dtype=DTYPE)
+    assert rel(thin_power(x, u, n), u.T @ a @ a.T) < 1e-12
+
+
+@pytest.mark.parametrize("n", [2, 1, 3])
+def test_mode_gram_lower_triangle_is_the_unfoldings_gram(n):
+    """On 14 x 15 slices (mode 2) the batched sum over slices, elsewhere ``gram_lower``:
+    the lower triangle is A_(n) A_(n)^T's either way."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 14, 15, dtype=DTYPE)
+    a = tl.unfold(x, n)
+    got = mode_gram(x, n)
+    assert rel(got.tril(), (a @ a.T).tril()) < 1e-12
 
 
 def test_hosvd_matches_full_svd_reference():
