@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -34,6 +35,19 @@ from server.dashboard.validation import json_safe
 
 log = logging.getLogger(__name__)
 RESTARTED = "the dashboard restarted and the run's process was gone"
+
+
+def settle() -> None:
+    """Warm up validation (imports torch and the models), then freeze the heap built so far.
+
+    Start-up objects (torch, pydantic models, routes: ~290,000) live as long as the server. A full
+    collection costs time proportional to the objects it tracks, and it holds every request in
+    flight: with them tracked, each one paused the server 150-220 ms under load (the benchmark's
+    p99). ``gc.freeze()`` moves them to a generation the collector never scans.
+    """
+    warm_up()
+    gc.collect()
+    gc.freeze()
 
 
 def launch(services: Services, config: ExperimentConfig) -> str:
@@ -101,7 +115,7 @@ def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         broker.bind(asyncio.get_running_loop())
-        threading.Thread(target=warm_up, daemon=True, name="warm-validation").start()
+        threading.Thread(target=settle, daemon=True, name="settle").start()
         await run_in_threadpool(recover, services)
         services.runner.start()
         for config in launches:
