@@ -1,4 +1,5 @@
-"""What a node needs from the library for one experiment: its model, its data, its device.
+"""What a node needs from the library for one experiment: its model and its data (who the node
+is: ``client.node``).
 
 Everything is derived from the experiment (``ExperimentConfig``) and the node's identity, and
 cached per process, so the many virtual clients a Simulation-Engine actor serves share one copy
@@ -7,8 +8,6 @@ of the dataset and one partitioning.
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -16,9 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from common.config import ExperimentConfig, Policy
+from common.config import ExperimentConfig
 from common.data import load_rows, read_raw, setup_b_split, stored_partition, subsample
-from common.devices import Catalogue, DeviceProfile, assign_entries, load_catalogue
 from common.train import sgd
 
 
@@ -66,34 +64,3 @@ def client_dataset(
     the whole set."""
     rows = client_indices(config, partition_id, num_partitions)
     return load_rows(config.dataset, rows, config.image_size)
-
-
-@dataclass(frozen=True)
-class Node:
-    """Who this node is in the experiment: partition, device profile and planning policy."""
-
-    partition_id: int
-    num_partitions: int
-    device: DeviceProfile
-    policy: Policy
-
-    def available(self, config: ExperimentConfig, server_round: int) -> bool:
-        """Online in this round with probability ``availability``; deterministic per
-        (seed, round, partition)."""
-        draw = random.Random(f"{config.seed}/{server_round}/{self.partition_id}").random()
-        return draw < self.device.availability
-
-
-def resolve_node(
-    config: ExperimentConfig, node_config: dict, catalogue: Catalogue | None = None
-) -> Node:
-    """The node's identity: ``partition-id`` (and ``num-partitions``) from the node-config;
-    the device from node-config ``device`` (deployment) or else from the one assignment of
-    the experiment's fleet (``common.devices.assign_entries``; simulation)."""
-    catalogue = catalogue or load_catalogue()
-    partition_id = int(node_config["partition-id"])
-    num_partitions = int(node_config.get("num-partitions", config.num_clients))
-    entries = assign_entries(config.fleet)
-    entry = entries[partition_id % len(entries)]
-    device = catalogue.profile(str(node_config.get("device", entry.device)))
-    return Node(partition_id, num_partitions, device, config.policy_of(entry))

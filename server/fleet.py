@@ -111,7 +111,7 @@ def superlink_cmd(port: int, simulation: bool) -> list[str]:
 
 
 def device_node_config(partition_id: int, num_partitions: int, device: str) -> dict[str, object]:
-    """What a device's SuperNode carries in its node-config (read by ``client.task.resolve_node``;
+    """What a device's SuperNode carries in its node-config (read by ``client.node.resolve_node``;
     also written into the compose files by :mod:`server.compose`)."""
     return {"partition-id": partition_id, "num-partitions": num_partitions, "device": device}
 

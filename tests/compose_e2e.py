@@ -44,7 +44,7 @@ from typing import TypeVar
 
 import httpx
 
-from client.task import Node
+from client.node import Node
 from common.config import ExperimentConfig
 from common.devices import Catalogue, DeviceProfile, load_catalogue
 from server.compose import fleet_devices, fleet_mix, generate_compose, generate_tls_overlay

@@ -4,6 +4,8 @@ answers with an out-of-memory error."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from torch.utils.data import DataLoader
 
 import client.app as client_app
+from client import fit
 from client.planner import own_candidate, trainable_bytes
 from client.task import client_dataset, trainable_sgd
 from common import wire
@@ -23,7 +26,7 @@ from common.config import ExperimentConfig
 from common.devices import catalogue_path
 from common.memory import measure
 from common.train import initial_model
-from tests.dashboard_support import tiny_config
+from tests.dashboard_support import REPO, tiny_config
 
 
 @pytest.fixture(autouse=True)
@@ -77,13 +80,13 @@ def test_a_fit_pick_found_over_budget_is_replanned(tmp_path: Path) -> None:
     budget = (needed + floor) // 2  # the own choice cannot fit, yet is worth a measurement
     devices = _catalogue(tmp_path, budget)
     own = own_candidate(config)
-    client_app._planner(config).record(own, 1)  # a wrong cached figure: the planner picks it
+    fit._planner(config).record(own, 1)  # a wrong cached figure: the planner picks it
     reply = _train(config, devices)
     assert not reply.has_error(), reply.error
     record = wire.decode(reply.content["metrics"], reply.content["record"])
     assert (record.last_k, record.batch_size, record.eps) != (own.last_k, own.batch_size,
                                                               own.eps)
-    assert client_app._planner(config)._cache[own] > budget  # the step's real figure
+    assert fit._planner(config)._cache[own] > budget  # the step's real figure
     assert record.budget_bytes == budget and record.training_bytes <= budget
     assert record.status == "ok" and record.device == "rpi5" and record.partition_id == 0
     assert record.rss_peak_bytes is None  # simulation: no cgroup of its own
@@ -112,3 +115,26 @@ def test_the_client_follows_the_learning_rate_the_server_sends() -> None:
     assert moved(**{"lr": 1e-9}) < 1e-6
     assert moved(**{"lr": 0.5, "lr-span-start": 1.0, "lr-span-end": 1.0}) < 1e-6  # cosine end
     assert moved(**{"lr": 0.5}) > 1e-3
+
+
+def test_the_app_answers_the_inventory_without_torch():
+    """A node whose limit cannot hold torch (pi-starved, 150 MiB) still says who it is: the
+    app module and its query handler load no torch (``train`` does)."""
+    config = ExperimentConfig.model_validate(tiny_config(
+        fleet=[{"device": "rpi5", "count": 1}, {"device": "pi-starved", "count": 1}]))
+    probe = f"""
+import sys
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+import client.app
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+context = Context(run_id=1, node_id=1, node_config={{"partition-id": 1, "num-partitions": 2}},
+                  state=RecordDict(), run_config={{"config-json": {config.model_dump_json()!r},
+                                                  "devices": ""}})
+query = Message(RecordDict(), dst_node_id=1, message_type=MessageType.QUERY)
+print(dict(client.app.identify(query, context).content["identity"]), "torch" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], check=True, cwd=REPO, timeout=120,
+                         capture_output=True, text=True).stdout
+    assert "'device': 'pi-starved'" in out and "'partition-id': 1" in out, out
+    assert out.rstrip().endswith("False"), f"answering the inventory imported torch: {out}"

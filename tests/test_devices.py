@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from client.task import resolve_node
+from client.node import resolve_node
 from common.config import ExperimentConfig, FleetEntry
 from common.devices import (
     Catalogue,

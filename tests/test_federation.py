@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from bench.cancel import cancel_during_pretraining
-from client.task import resolve_node
+from client.node import resolve_node
 from common.config import ExperimentConfig
 from common.devices import assign_entries, load_catalogue
 from common.events import Event
