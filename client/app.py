@@ -2,11 +2,13 @@
 
 ``query`` (the server's inventory) is answered with the node's partition, device and budget;
 ``train`` and ``evaluate`` are what ``client.fit`` does. This module imports no torch and loads
-``client.fit`` (torch, the models, the data) on the first message that needs it: Python and
-Flower alone fit in a ClientApp limited to 150 MiB (``pi-starved``), torch does not, so such a
-device answers the inventory itself and fails only the messages that train, with an error reply.
-Without that, the server waited for the killed ClientApp's heartbeat to expire (about 60 s)
-before it could even start round 1.
+``client.fit`` (torch, the models, the data) on the first message that trains or evaluates:
+Python and Flower alone fit in a ClientApp limited to 150 MiB (``pi-starved``), torch does not,
+so such a device answers the inventory itself and fails only the messages that need torch, with
+an error reply. Without that, the server waited for the killed ClientApp's heartbeat to expire
+(about 60 s) before it could even start round 1. (edgefed's runs put the experiment in the run
+config; a bare ``flwr run .`` without one validates the default experiment file, which counts
+the model's layers with torch.)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The ClientApp's train function called directly, as a SuperNode would call it: a `fit` pick
-that the measured first step finds over budget is re-planned; a `fixed` device over budget
-answers with an out-of-memory error."""
+"""The ClientApp's handlers called directly, as a SuperNode would call them: a `fit` pick that
+the measured first step finds over budget is re-planned; a `fixed` device over budget answers
+with an out-of-memory error; the inventory is answered without torch."""
 
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def test_the_app_answers_the_inventory_without_torch():
     """A node whose limit cannot hold torch (pi-starved, 150 MiB) still says who it is: the
     app module and its query handler load no torch (``train`` does)."""
     config = ExperimentConfig.model_validate(tiny_config(
-        fleet=[{"device": "rpi5", "count": 1}, {"device": "pi-starved", "count": 1}]))
+        fleet=[{"device": "pi-starved", "count": 2}]))
     probe = f"""
 import sys
 from flwr.app import Context, Message, MessageType, RecordDict

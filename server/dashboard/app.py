@@ -43,11 +43,15 @@ def settle() -> None:
     Start-up objects (torch, pydantic models, routes: ~290,000) live as long as the server. A full
     collection costs time proportional to the objects it tracks, and it holds every request in
     flight: with them tracked, each one paused the server 150-220 ms under load (the benchmark's
-    p99). ``gc.freeze()`` moves them to a generation the collector never scans.
+    p99). ``gc.freeze()`` moves them to a generation the collector never scans. For a process
+    that is the dashboard server (``serve``); an app built inside another program (tests) only
+    warms up, so as not to freeze that program's objects for good.
     """
-    warm_up()
-    gc.collect()
-    gc.freeze()
+    try:
+        warm_up()
+    finally:
+        gc.collect()
+        gc.freeze()
 
 
 def launch(services: Services, config: ExperimentConfig) -> str:
@@ -104,8 +108,10 @@ async def _queue_full(_: Request, error: QueueFull) -> JSONResponse:
 
 
 def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
-               extra_hosts: frozenset[str] = frozenset()) -> FastAPI:
-    """The ASGI app; ``launches`` are created and launched once it has started."""
+               extra_hosts: frozenset[str] = frozenset(), own_process: bool = False) -> FastAPI:
+    """The ASGI app; ``launches`` are created and launched once it has started.
+    ``own_process``: the app is the whole process (``serve``), whose start-up heap it freezes
+    after the warm-up (``settle``)."""
     db = Database(settings.database_url)
     broker = Broker()
     runlog = RunLog(db, broker)
@@ -115,7 +121,8 @@ def create_app(settings: Settings, launches: Sequence[ExperimentConfig] = (),
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         broker.bind(asyncio.get_running_loop())
-        threading.Thread(target=settle, daemon=True, name="settle").start()
+        threading.Thread(target=settle if own_process else warm_up, daemon=True,
+                         name="warm-up").start()
         await run_in_threadpool(recover, services)
         services.runner.start()
         for config in launches:

@@ -30,7 +30,8 @@ def serve(host: str | None = None, port: int | None = None, db_url: str | None =
     given = {"host": host, "port": port, "db_url": db_url, "token": token,
              "max_concurrent_runs": max_concurrent_runs, "data_dir": data_dir}
     settings = Settings(**{k: v for k, v in given.items() if v is not None})
-    app = create_app(settings, launches=[load_config(path) for path in launch])
+    app = create_app(settings, launches=[load_config(path) for path in launch],
+                     own_process=True)
     uvicorn.run(app, host=settings.host, port=settings.port, timeout_graceful_shutdown=5,
                 timeout_keep_alive=30, log_level="info", access_log=access_log)
 
