@@ -510,8 +510,10 @@ def test_unsupported_padding_names_the_layer():
         wrap_last_layers(nn.Sequential(nn.Conv2d(2, 2, 3, padding="same")), "hosvd", 1)
 
 
-@pytest.mark.parametrize("rows", [1, 63, 200, 257, 300])
-def test_gram_lower_is_the_lower_triangle_of_the_gram(rows):
-    """Blocked Gram: on and below the diagonal exactly A A^T (what eigh reads)."""
-    a = torch.randn(rows, 37, dtype=DTYPE)
+@pytest.mark.parametrize(("rows", "cols"), [(1, 37), (200, 37), (63, 40000), (257, 2100),
+                                            (300, 1500)])
+def test_gram_lower_is_the_lower_triangle_of_the_gram(rows, cols):
+    """Whole (small) or blocked Gram: on and below the diagonal exactly A A^T (what eigh
+    reads)."""
+    a = torch.randn(rows, cols, dtype=DTYPE)
     assert torch.allclose(gram_lower(a).tril(), (a @ a.T).tril(), rtol=1e-12, atol=1e-10)

@@ -123,6 +123,7 @@ def thin_power(x: Tensor, u: Tensor, n: int) -> Tensor:
 
 GRAM_BLOCK_ROWS = 64  # at least this many rows per block of ``gram_lower``
 GRAM_MAX_BLOCKS = 4
+GRAM_BLOCKED_MIN = 1 << 27  # I^2 J from which the blocks pay (2^28 flops, about 2 ms)
 
 
 def gram_lower(a: Tensor) -> Tensor:
@@ -133,9 +134,14 @@ def gram_lower(a: Tensor) -> Tensor:
     of G is one GEMM  G[i, :i] = A_i [A_1; ...; A_i]^T, so (b + 1) / 2b of the full product's
     2 I^2 J flops (62.5% at b = 4), a symmetric rank-k update (BLAS syrk) out of plain GEMMs.
     Entries above the diagonal blocks are zero, not G's: the result is for eigh only.
-    Measured on one thread: 960 x 3136 55 -> 36 ms, 576 x 12544 80 -> 53 ms.
+    Measured on one thread: 960 x 3136 55 -> 36 ms, 576 x 12544 80 -> 53 ms. Below
+    I^2 J = 2^27 the extra GEMM calls cost more than the flops they save (two threads:
+    256 x 480 0.50 ms whole against 0.88 ms in blocks, 256 x 1920 1.55 against 1.67 ms;
+    384 x 1000 1.62 against 1.52 ms), so the whole product is formed there.
     """
     rows = a.shape[0]
+    if rows * rows * a.shape[1] < GRAM_BLOCKED_MIN:
+        return a @ a.T
     blocks = max(1, min(GRAM_MAX_BLOCKS, rows // GRAM_BLOCK_ROWS))
     gram = a.new_zeros(rows, rows)
     edges = [round(i * rows / blocks) for i in range(blocks + 1)]
