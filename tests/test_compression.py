@@ -31,7 +31,9 @@ from common.compression.decompose import (
     mode_gram,
     mode_product,
     one_thread,
+    project,
     thin_power,
+    trailing_product,
 )
 from common.compression.lean import pack_bits, unpack_bits
 from common.compression.linear import tucker_linear_weight_grad
@@ -214,6 +216,36 @@ def test_mode_products_on_slices_equal_the_unfolding_math(n, k, batched):
     assert rel(mode_product(x, m, n), want) < 1e-12
     u = torch.randn(x.shape[n], k, dtype=DTYPE)
     assert rel(thin_power(x, u, n), u.T @ a @ a.T) < 1e-12
+
+
+@pytest.mark.parametrize("spatial,ranks", [
+    ((5, 4), (3, 2)),  # one Kronecker GEMM
+    ((17, 16), (3, 2)),  # 272 > 256 elements: one mode at a time
+    ((5, 4), (3, None)),  # a kept mode: one mode at a time
+])
+def test_trailing_product_is_the_mode_products(spatial, ranks):
+    """X x_2 M_2 x_3 M_3 equals the mode products of the definition, by either route."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, *spatial, dtype=DTYPE)
+    matrices = [None if k is None else torch.randn(k, size, dtype=DTYPE)
+                for size, k in zip(spatial, ranks, strict=True)]
+    want = x
+    for n, m in enumerate(matrices, start=2):
+        if m is not None:
+            want = tl.tenalg.mode_dot(want, m, n)
+    assert rel(trailing_product(x, matrices), want) < 1e-12
+
+
+@pytest.mark.parametrize("channel_rank", [2, 9])  # thin (channels first) / wide (last)
+def test_project_is_the_core_in_either_order(channel_rank):
+    """S = X x_n U_n^T over every factor, whichever order ``project`` takes."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 10, 4, 2, dtype=DTYPE)
+    factors = [torch.linalg.qr(torch.randn(size, k, dtype=DTYPE)).Q
+               for size, k in zip(x.shape, (3, channel_rank, 2, 1), strict=True)]
+    assert (as_slices(x, 1, channel_rank) is not None) == (channel_rank == 2)
+    want = tl.tenalg.multi_mode_dot(x, factors, transpose=True)
+    assert rel(project(x, tuple(factors)), want) < 1e-12
 
 
 @pytest.mark.parametrize("n", [2, 1, 3])

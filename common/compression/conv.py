@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn.grad import conv2d_input, conv2d_weight
 
-from .decompose import Tucker
+from .decompose import Tucker, trailing_product
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,8 @@ def tucker_conv_weight_grad(x: Tucker, dy: Tensor, weight_shape: tuple[int, ...]
     """dW from X ~ [[S; U0, U1, U2, U3]] without rebuilding X.
 
     1. Z  = dY x_0 U0^T                  (K0 x O x H' x W': project dY on the batch factor)
-    2. Xs = S x_2 U2 x_3 U3              (K0 x K1 x H x W: expand the core spatially)
+    2. Xs = S x_2 U2 x_3 U3              (K0 x K1 x H x W: expand the core spatially,
+                                          ``trailing_product``)
     3. channel mode, group width C_g = C/G:
        K1 <  C_g: G = correlate(Xs, Z) as an ungrouped conv (O x K1 x kh x kw), then
                   dW[o,c] = sum_k U1[g(o)C_g + c, k] G[o,k]          (1x1 contraction per group)
@@ -60,11 +61,7 @@ def tucker_conv_weight_grad(x: Tucker, dy: Tensor, weight_shape: tuple[int, ...]
     """
     u0, u1, u2, u3 = x.factors
     z = dy if u0 is None else mode_dot(dy, u0.T, 0)
-    xs = x.core
-    if u2 is not None:
-        xs = mode_dot(xs, u2, 2)
-    if u3 is not None:
-        xs = mode_dot(xs, u3, 3)
+    xs = trailing_product(x.core, (u2, u3))
     out_channels, group_width, kh, kw = weight_shape
     groups = geometry.groups
     if u1 is None or u1.shape[1] >= group_width:
