@@ -19,7 +19,7 @@ dW; an upper bound: the region's first layer computes no dX). Not its count of v
 backward: torch 2.13 counts a depthwise convolution's backward ~480x too high (52 GFLOP for
 0.11). Table on stdout, bench/results/floor.json.
 
-    python -m bench.floor [--batch 64] [--reps 5] [--threads 2]
+    python -m bench.floor [--batch 64] [--reps 5] [--threads 2] [--allocator glibc|steady]
 """
 # ruff: noqa: E402
 
@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.allocator import add_option, use
 from bench.ops import (
     CASES,
     Case,
@@ -127,8 +128,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    add_option(parser)
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON (default {RESULTS})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    use(args.allocator)
     load_before = os.getloadavg()
     rows = [bench_case(case, args.batch, args.reps) for case in CASES]
     console = Console(width=160)
@@ -136,9 +140,9 @@ def main() -> None:
     load = {"before": load_before, "after": os.getloadavg()}
     console.print(f"load average before {load['before'][0]:.2f}, after {load['after'][0]:.2f}; "
                   f"largest eigenproblem order per layer")
-    RESULTS.write_text(json.dumps({"threads": args.threads, "load_average": load,
-                                   "cases": rows}, indent=1))
-    console.print(f"-> {RESULTS}")
+    args.out.write_text(json.dumps({"threads": args.threads, "allocator": args.allocator,
+                                    "load_average": load, "cases": rows}, indent=1))
+    console.print(f"-> {args.out}")
 
 
 if __name__ == "__main__":

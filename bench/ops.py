@@ -17,7 +17,10 @@ ranks and with a fixed rank):
 - stored bytes (the paper's metric), measured activation bytes of the region step (what autograd
   really keeps, ``common.memory.measure``) and the ranks.
 Times are medians of methods timed round-robin in one process (load from other processes hits
-them alike), as ratios to vanilla; the load average is printed and stored.
+them alike), as ratios to vanilla, with the minor page faults of each step; the load average
+and the allocator are printed and stored. ``--allocator steady`` (the default) keeps freed
+memory in the process so that a step's time is its compute; ``--allocator glibc`` measures
+malloc's defaults, where every method pays page faults (see ``bench.allocator``).
 
 Decomposition: the Gram-route HOSVD against the original code's full-SVD HOSVD on every
 wrapped layer's input of the suite, identical ranks asserted.
@@ -53,6 +56,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
+from bench.allocator import add_option, minor_faults, use
 from common.compression import (
     compressed_bytes,
     hosvd,
@@ -183,23 +187,30 @@ def layer_inputs(region: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return captured
 
 
+METERS: dict[str, Callable[[], float]] = {  # what ``round_robin`` reads around each step
+    "ms": lambda: 1e3 * time.perf_counter(),
+    "cpu_ms": lambda: 1e3 * time.process_time(),
+    "faults": minor_faults,
+}
+
+
 def round_robin(steps: dict[str, Callable[[int], None]], reps: int,
                 warmup: bool = True) -> dict[str, dict]:
-    """Median wall-clock and process-CPU milliseconds of each step, interleaved rep by rep,
-    after one warm-up each (ASI's first step is its HOSVD; ``warmup=False`` when the layers
-    were warmed up already). CPU time is the steadier figure on shared cores."""
+    """Median wall-clock and process-CPU milliseconds and minor page faults of each step,
+    interleaved rep by rep, after one warm-up each (ASI's first step is its HOSVD;
+    ``warmup=False`` when the layers were warmed up already). CPU time is the steadier figure
+    on shared cores; the faults show what the allocator adds (see ``bench.allocator``)."""
     for step in steps.values() if warmup else ():
         step(0)
-    wall: dict[str, list[float]] = {name: [] for name in steps}
-    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    samples: dict[str, dict[str, list[float]]] = {name: {m: [] for m in METERS} for name in steps}
     for rep in range(reps):
         for name, step in steps.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
+            start = {meter: read() for meter, read in METERS.items()}
             step(rep)
-            wall[name].append(time.perf_counter() - start)
-            cpu[name].append(time.process_time() - start_cpu)
-    return {name: {"ms": 1e3 * statistics.median(wall[name]),
-                   "cpu_ms": 1e3 * statistics.median(cpu[name])} for name in steps}
+            for meter, read in METERS.items():
+                samples[name][meter].append(read() - start[meter])
+    return {name: {meter: statistics.median(values) for meter, values in taken.items()}
+            for name, taken in samples.items()}
 
 
 def with_ratios(results: dict[str, dict]) -> dict[str, dict]:
@@ -240,6 +251,7 @@ def bench_case(case: Case, batch: int, region_reps: int, model_reps: int,
         report = measure(region, x, dy, lambda out, grad: (out * grad).sum())
         results[name] = {
             "region_ms": region_times[name]["ms"], "region_cpu_ms": region_times[name]["cpu_ms"],
+            "region_faults": region_times[name]["faults"],
             "model_ms": model_times[name]["ms"], "model_cpu_ms": model_times[name]["cpu_ms"],
             "stored_bytes": compressed_bytes(region),
             "activation_bytes": report.activation_bytes, "ranks": layer_ranks(region)}
@@ -262,13 +274,14 @@ def bench_decomposition(x: torch.Tensor, eps: float, reps: int) -> dict:
 
 def step_table(title: str, results: dict[str, dict]) -> Table:
     table = Table(title=title)
-    columns = ("method", "region ms", "x van", "cpu x van", "model ms", "x van ",
+    columns = ("method", "region ms", "x van", "cpu x van", "faults", "model ms", "x van ",
                "stored B", "x van  ", "measured B", "x van   ", "ranks")
     for column in columns:
         table.add_column(column, justify="left" if column in ("method", "ranks") else "right")
     for name, r in results.items():
         table.add_row(name, f"{r['region_ms']:.1f}", f"{r['region_ms_ratio']:.2f}",
-                      f"{r['region_cpu_ms_ratio']:.2f}", f"{r['model_ms']:.0f}",
+                      f"{r['region_cpu_ms_ratio']:.2f}", f"{r['region_faults']:,.0f}",
+                      f"{r['model_ms']:.0f}",
                       f"{r['model_ms_ratio']:.2f}", f"{r['stored_bytes']:,}",
                       f"{r['stored_bytes_ratio']:.3f}", f"{r['activation_bytes']:,}",
                       f"{r['activation_bytes_ratio']:.3f}",
@@ -315,6 +328,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--case", action="append", default=[],
                         help="only cases whose name contains this text (repeatable)")
+    add_option(parser)
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help=f"JSON results file (default {RESULTS}; elsewhere for a run on a "
                              "busy machine)")
@@ -323,9 +337,10 @@ def main() -> None:
     batch_sizes = (64,) if args.quick else (32, 64)
     eps_values = (0.8,) if args.quick else (0.8, 0.9)
     torch.set_num_threads(args.threads)
+    use(args.allocator)
     console = Console(width=160)
     load_before = os.getloadavg()
-    console.print(f"load average before: {load_before}")
+    console.print(f"load average before: {load_before}; allocator {args.allocator}")
 
     chosen = [c for c in CASES if not args.case or any(s in c.name for s in args.case)]
     cases: dict[str, dict[int, dict]] = {}
@@ -351,6 +366,7 @@ def main() -> None:
     args.out.write_text(json.dumps({
         "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                        "allocator": args.allocator,
                         "load_average_before": load_before, "load_average_after": load_after,
                         "region_reps": region_reps, "model_reps": model_reps,
                         "quick": args.quick},
