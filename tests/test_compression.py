@@ -220,14 +220,16 @@ def test_mode_products_on_slices_equal_the_unfolding_math(n, k, batched):
 
 @pytest.mark.parametrize("spatial,ranks", [
     ((5, 4), (3, 2)),  # one Kronecker GEMM
+    ((4, 4), (1, 2)),  # the same, rank 1 (torch.kron refuses some transposed views)
     ((17, 16), (3, 2)),  # 272 > 256 elements: one mode at a time
     ((5, 4), (3, None)),  # a kept mode: one mode at a time
 ])
 def test_trailing_product_is_the_mode_products(spatial, ranks):
-    """X x_2 M_2 x_3 M_3 equals the mode products of the definition, by either route."""
+    """X x_2 M_2 x_3 M_3 equals the mode products of the definition, by either route; the
+    matrices are transposed factors (M = U^T), as ``project`` passes them."""
     torch.manual_seed(0)
     x = torch.randn(3, 4, *spatial, dtype=DTYPE)
-    matrices = [None if k is None else torch.randn(k, size, dtype=DTYPE)
+    matrices = [None if k is None else torch.randn(size, k, dtype=DTYPE).T
                 for size, k in zip(spatial, ranks, strict=True)]
     want = x
     for n, m in enumerate(matrices, start=2):

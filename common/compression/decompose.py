@@ -223,8 +223,9 @@ def trailing_product(x: Tensor, matrices: Sequence[Tensor | None]) -> Tensor:
     ranks = [m.shape[0] for m in matrices if m is not None]
     if len(ranks) == len(matrices) >= 2 and max(sizes, prod(ranks)) <= KRON_MAX_SIZE:
         rows = x.shape[:2]
-        return (x.reshape(rows.numel(), sizes) @ reduce(torch.kron, matrices).T).reshape(
-            *rows, *ranks)
+        # contiguous: torch.kron refuses some transposed views (U^T of a rank-1 factor)
+        kron = reduce(torch.kron, [m.contiguous() for m in matrices])
+        return (x.reshape(rows.numel(), sizes) @ kron.T).reshape(*rows, *ranks)
     for n in reversed(range(2, x.ndim)):
         if matrices[n - 2] is not None:
             x = mode_product(x, matrices[n - 2], n)
