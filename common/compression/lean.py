@@ -33,21 +33,34 @@ def unpack_bits(packed: Tensor, shape: torch.Size) -> Tensor:
     return torch.from_numpy(bits).view(torch.bool).reshape(shape)
 
 
+def open_interval_mask(x: Tensor, upper: float | None) -> Tensor:
+    """1[0 < X < upper] (upper None: 1[X > 0]) as a boolean CPU tensor, from numpy's
+    comparisons: measured 2.9x faster than torch's on 64x1280x7x7 (0.91 against 2.63 ms
+    for the pair and the AND), whose comparison kernels write bool at a quarter of the
+    speed of a float op."""
+    a = x.numpy()
+    mask = a > 0
+    if upper is not None:
+        mask &= a < upper
+    return torch.from_numpy(mask)
+
+
 class MaskedClamp(torch.autograd.Function):
     """Y = clamp(X, 0, upper); saves the 1-bit mask 1[0 < X < upper] (upper None: ReLU)."""
 
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, upper: float | None) -> Tensor:
-        mask = x > 0 if upper is None else (x > 0) & (x < upper)
         ctx.shape = x.shape
-        ctx.save_for_backward(pack_bits(mask))
+        ctx.save_for_backward(pack_bits(open_interval_mask(x.detach(), upper)))
         return F.relu(x) if upper is None else F.hardtanh(x, 0.0, upper)  # = clamp, 4x faster
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, dy: Tensor):
         (packed,) = ctx.saved_tensors
-        return dy * unpack_bits(packed, ctx.shape), None
+        # dY * mask with the mask as 0/1 bytes: torch multiplies a float by uint8 without
+        # the float copy of the mask it makes for bool (64x1280x7x7: 1.24 against 2.16 ms)
+        return dy * unpack_bits(packed, ctx.shape).view(torch.uint8), None
 
 
 class LeanReLU(nn.ReLU):
