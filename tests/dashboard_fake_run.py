@@ -10,7 +10,7 @@ can, chosen by the experiment's name:
   must SIGKILL the whole group after its timeout);
 - ``slow-*``: reports running, then waits until SIGTERM, on which it exits 130;
 - ``long-*``: reports through edgefed's own :class:`server.report.Reporter` (file + POST, spool
-  and retry), one round a second for the config's ``rounds``: 3 client events and a round
+  and retry), a round every half second for the config's ``rounds``: 3 client events and a round
   event each, then ``finished``; exits 0. What a real run does, at a pace a test can outlast.
 """
 
@@ -80,7 +80,7 @@ def long_run(run_id: str, out: Path, url: str, token: str, rounds: int) -> int:
                 round=r, node_id=p, partition_id=p, device="rpi5", status="ok",
                 accuracy=0.5, activation_bytes=1000 * (p + 1)))
         reporter.emit(round=RoundResult(round=r, accuracy=min(1.0, 0.01 * r), loss=1.0))
-        time.sleep(1.0)
+        time.sleep(0.5)
     reporter.emit(state=RunState(status="finished", message="stand-in done"))
     reporter.close()
     return 0
