@@ -25,9 +25,13 @@ malloc's defaults, where every method pays page faults (see ``bench.allocator``)
 Decomposition: the Gram-route HOSVD against the original code's full-SVD HOSVD on every
 wrapped layer's input of the suite, identical ranks asserted.
 
+Writes bench/results/ops.json (or ``--out``) and beside it ``ops.png``: per case, each method's
+region-step time against its measured activation memory, both as ratios to vanilla, with the
+targets drawn. ``--replot`` redraws the figure and reprints the targets from the JSON alone.
+
 Inputs are Fashion-MNIST test images (upsampled to 224 px, 3 channels) through the model, whose
 BatchNorm statistics are calibrated on those images first (random-init weights otherwise;
-no pretrained weights are downloaded). Writes bench/results/ops.json (or ``--out``).
+no pretrained weights are downloaded).
 
 OpenMP's default busy-waiting burns time slices at every barrier on shared cores (measured:
 small LAPACK calls 5-10x slower), so OMP_WAIT_POLICY defaults to PASSIVE here; it must be set
@@ -53,10 +57,12 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
 from bench.allocator import add_option, minor_faults, use
+from bench.pareto import COLORS
 from common.compression import (
     compressed_bytes,
     hosvd,
@@ -321,6 +327,42 @@ def check_targets(cases: dict[str, dict[int, dict]], decomposition: list[dict]
     return targets
 
 
+def plot(cases: dict[str, dict[str, dict]], environment: dict, path: Path) -> None:
+    """One panel per case: region-step time / vanilla's against measured activation bytes /
+    vanilla's (log), a marker per method (filled: the largest batch, hollow: the others), the
+    targets as dashed lines (HOSVD <= 2x, ASI <= 1x vanilla's time)."""
+    figure = Figure(figsize=(14, 9), layout="constrained")
+    axes = figure.subplots(2, -(-len(cases) // 2), squeeze=False).flat
+    for axis, (case, by_batch) in zip(axes, cases.items(), strict=False):
+        largest = max(by_batch, key=int)
+        for batch, results in by_batch.items():
+            for name, r in results.items():
+                color = COLORS[METHODS[name][0]]
+                axis.scatter(r["activation_bytes_ratio"], r["region_ms_ratio"], s=60,
+                             color=color if batch == largest else "none", edgecolors=color)
+                if batch == largest:
+                    axis.annotate(name, (r["activation_bytes_ratio"], r["region_ms_ratio"]),
+                                  xytext=(4, 4), textcoords="offset points", fontsize=7)
+        for limit in sorted(set(TARGETS.values())):
+            methods = ", ".join(m for m, v in TARGETS.items() if v == limit)
+            axis.axhline(limit, color="grey", ls="--", lw=1)
+            axis.annotate(f"target: {methods}", (0.01, limit), xycoords=("axes fraction", "data"),
+                          va="bottom", fontsize=7, color="grey")
+        others = ", ".join(b for b in by_batch if b != largest) or "-"
+        axis.set_xscale("log")
+        axis.set_ylim(bottom=0)
+        axis.set_title(f"{case}\nvanilla {by_batch[largest]['vanilla']['region_ms']:.0f} ms at "
+                       f"batch {largest} (filled; hollow: batch {others})", fontsize=9)
+        axis.set_xlabel("measured activation bytes / vanilla's (log)")
+        axis.set_ylabel("region step time / vanilla's")
+        axis.grid(alpha=0.3)
+    load = environment["load_average_before"][0], environment["load_average_after"][0]
+    figure.suptitle(f"Compressed backprop on real layer shapes: {environment['threads']} threads, "
+                    f"{environment['allocator']} allocator, load {load[0]:.1f} before, "
+                    f"{load[1]:.1f} after")
+    figure.savefig(path, dpi=100)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -331,14 +373,25 @@ def main() -> None:
     add_option(parser)
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help=f"JSON results file (default {RESULTS}; elsewhere for a run on a "
-                             "busy machine)")
+                             "busy machine); the figure is written beside it")
+    parser.add_argument("--replot", action="store_true",
+                        help="measure nothing: redraw the figure and reprint the targets from "
+                             "--out")
     args = parser.parse_args()
+    console = Console(width=160)
+    figure = args.out.with_suffix(".png")
+    if args.replot:
+        stored = json.loads(args.out.read_text())
+        plot(stored["cases"], stored["environment"], figure)
+        for target, ok in stored["targets"].items():
+            console.print(f"{'PASS' if ok else 'FAIL'}  {target}")
+        console.print(f"wrote {figure}")
+        return
     region_reps, model_reps, decomposition_reps = (3, 1, 1) if args.quick else (9, 5, 3)
     batch_sizes = (64,) if args.quick else (32, 64)
     eps_values = (0.8,) if args.quick else (0.8, 0.9)
     torch.set_num_threads(args.threads)
     use(args.allocator)
-    console = Console(width=160)
     load_before = os.getloadavg()
     console.print(f"load average before: {load_before}; allocator {args.allocator}")
 
@@ -362,17 +415,17 @@ def main() -> None:
         console.print(f"{'PASS' if ok else 'FAIL'}  {target}")
     load_after = os.getloadavg()
     console.print(f"load average after: {load_after}")
+    environment = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                   "allocator": args.allocator,
+                   "load_average_before": load_before, "load_average_after": load_after,
+                   "region_reps": region_reps, "model_reps": model_reps, "quick": args.quick}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                        "allocator": args.allocator,
-                        "load_average_before": load_before, "load_average_after": load_after,
-                        "region_reps": region_reps, "model_reps": model_reps,
-                        "quick": args.quick},
-        "cases": cases, "decomposition": decomposition, "targets": targets,
-    }, indent=2))
-    console.print(f"wrote {args.out}")
+    args.out.write_text(json.dumps({"environment": environment, "cases": cases,
+                                    "decomposition": decomposition, "targets": targets},
+                                   indent=2))
+    plot(cases, environment, figure)
+    console.print(f"wrote {args.out} and {figure}")
     assert targets["identical ranks"], "Gram-route and reference HOSVD ranks differ"
 
 
