@@ -223,6 +223,13 @@ def steady(runs: list[dict], key: str, group: str | None = None) -> float:
     return statistics.mean(values)
 
 
+def pair_ratios(runs: list[tuple[str, dict]], key: str = "round_s") -> list[float]:
+    """edgefed / plain of ``steady(key)`` within each consecutive pair of ``schedule``'s runs:
+    the spread shows how much one slow stretch of a shared machine moves the pooled ratio."""
+    pairs = [dict(runs[i:i + 2]) for i in range(0, len(runs) - 1, 2)]
+    return [steady([p["edgefed"]], key) / steady([p["plain"]], key) for p in pairs]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=1000)
@@ -243,6 +250,7 @@ def main() -> None:
     ratio_wall, ratio_cpu = wall["edgefed"] / wall["plain"], cpu["edgefed"] / cpu["plain"]
     cpu_groups = {name: {g: steady(rs, "round_cpu_by_group_s", g) for g in GROUPS}
                   for name, rs in by_system.items()}
+    pairs = pair_ratios(runs)
 
     table = Table(title=f"{args.clients} clients, {args.sampled} per round, {args.rounds} rounds, "
                         f"{config.model} x{config.width}, {len(runs)} runs in this order")
@@ -261,7 +269,8 @@ def main() -> None:
     console.print(f"after round 1, edgefed / plain Flower: wall {ratio_wall:.2f}x "
                   f"({wall['edgefed']:.2f} / {wall['plain']:.2f} s per round), CPU "
                   f"{ratio_cpu:.2f}x ({cpu['edgefed']:.2f} / {cpu['plain']:.2f} s per round); "
-                  f"target <= {STEADY_TARGET}x")
+                  f"target <= {STEADY_TARGET}x; wall ratio of each pair: "
+                  + ", ".join(f"{r:.2f}x" for r in pairs))
     console.print("CPU s per round after round 1 by process group, edgefed / plain: " + ", ".join(
         f"{g} {cpu_groups['edgefed'][g]:.2f} / {cpu_groups['plain'][g]:.2f}" for g in GROUPS))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -271,7 +280,7 @@ def main() -> None:
                "steady_round_s": wall, "steady_round_cpu_s": cpu,
                "steady_round_cpu_by_group_s": cpu_groups,
                "steady_ratio_wall": ratio_wall, "steady_ratio_cpu": ratio_cpu,
-               "target": STEADY_TARGET}
+               "pair_ratios_wall": pairs, "target": STEADY_TARGET}
     (RESULTS / "fleet.json").write_text(json.dumps(payload, indent=2))
 
 

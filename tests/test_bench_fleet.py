@@ -1,5 +1,5 @@
-"""bench.fleet's bookkeeping: the run order, the steady-state mean and the process-tree CPU
-sampler (a child that burns CPU and exits still counts)."""
+"""bench.fleet's bookkeeping: the run order, the steady-state mean, the ratio within each pair
+and the process-tree CPU sampler (a child that burns CPU and exits still counts)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from bench.fleet import TreeSampler, schedule, steady
+from bench.fleet import TreeSampler, pair_ratios, schedule, steady
 
 BURN = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
 
@@ -25,6 +25,13 @@ def test_steady_state_pools_rounds_after_the_first_of_every_run() -> None:
     assert steady(runs, "round_s") == pytest.approx(4.0)
     with pytest.raises(ValueError, match="rounds: need at least 2"):
         steady([{"round_s": [9.0]}], "round_s")
+
+
+def test_each_pair_is_edgefed_over_plain_whichever_ran_first() -> None:
+    runs = list(zip(schedule(2), [{"round_s": [9.0, 3.0]}, {"round_s": [9.0, 2.0]},
+                                  {"round_s": [9.0, 4.0]}, {"round_s": [9.0, 5.0]}],
+                    strict=True))  # edgefed 3, plain 2; then plain 4, edgefed 5
+    assert pair_ratios(runs) == pytest.approx([1.5, 1.25])
 
 
 def test_sampler_keeps_the_cpu_of_a_child_that_exited() -> None:
