@@ -512,6 +512,73 @@ def test_asi_fixed_ranks_and_convergence():
         assert torch.allclose(u @ u.T, v @ v.T, atol=1e-3)
 
 
+# ---------------------------------------------------------------- shared inputs
+
+class Downsample(nn.Module):
+    """A ResNet block's entry: conv1 and the 1x1 shortcut read the same input (``copy`` gives
+    the shortcut an equal copy instead; ``nudge`` changes the input in place between them)."""
+
+    def __init__(self, copy_input: bool = False, nudge: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(8, 6, 3, stride=2, padding=1, dtype=DTYPE)
+        self.shortcut = nn.Conv2d(8, 6, 1, stride=2, dtype=DTYPE)
+        self.copy_input, self.nudge = copy_input, nudge
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * 1.0  # a non-leaf that may be changed in place
+        y = self.conv1(x)
+        if self.nudge:
+            x.add_(0.5)
+        return y + self.shortcut(x.clone() if self.copy_input else x)
+
+
+def downsample_steps(method: str, steps: int, nudge: bool = False, **kwargs) -> list:
+    """Per model (the input shared, then an equal copy for the shortcut; same weights and
+    data): both layers' weight gradients at each step, and whether each step's two layers got
+    the same Tucker object."""
+    torch.manual_seed(0)
+    base = Downsample(nudge=nudge)
+    x = torch.randn(6, 8, 9, 9, dtype=DTYPE)
+    results = []
+    for copy_input in (False, True):
+        model = copy.deepcopy(base)
+        model.copy_input = copy_input
+        wrap_last_layers(model, method, 2, **kwargs)
+        seen = [spy_tuckers(model.conv1), spy_tuckers(model.shortcut)]
+        per_step = []
+        for step in range(steps):
+            _, dw1, _ = grads(model, model.conv1, x * (1 + step / 10), dy_seed=step)
+            per_step.append((dw1, model.shortcut.weight.grad))
+        results.append((per_step, [a is b for a, b in zip(*seen, strict=True)]))
+    return results
+
+
+@pytest.mark.parametrize("method,kwargs,steps", [("hosvd", {"eps": 0.9}, 1),
+                                                 ("asi", {"eps": 0.9}, 3),
+                                                 ("asi", {"rank": 2}, 3)])
+def test_layers_reading_one_input_share_its_decomposition(method, kwargs, steps):
+    (shared, same), (unshared, copies) = downsample_steps(method, steps, **kwargs)
+    assert same == [True] * steps and copies == [False] * steps
+    for (dw1, dw2), (ref1, ref2) in zip(shared, unshared, strict=True):
+        assert torch.equal(dw1, ref1) and torch.equal(dw2, ref2)
+
+
+def test_an_input_changed_in_place_is_decomposed_again():
+    (nudged, same), (reference, _) = downsample_steps("hosvd", 1, eps=0.9, nudge=True)
+    assert same == [False]
+    assert torch.equal(nudged[0][1], reference[0][1])
+
+
+def test_layers_with_other_settings_decompose_alone():
+    torch.manual_seed(0)
+    model = Downsample()
+    wrap_last_layers(model, "hosvd", 2, eps=0.9)
+    model.shortcut.method.eps = 0.8
+    seen = [spy_tuckers(model.conv1), spy_tuckers(model.shortcut)]
+    grads(model, model.conv1, torch.randn(6, 8, 9, 9, dtype=DTYPE))
+    assert seen[0][0] is not seen[1][0]
+
+
 # ---------------------------------------------------------------- argument checks
 
 @pytest.mark.parametrize("method,last_k,params,name", [

@@ -76,6 +76,8 @@ def tucker_conv_weight_grad(x: Tucker, dy: Tensor, weight_shape: tuple[int, ...]
 
 
 Compress = Callable[[Tensor], Tucker]
+"""Called with the layer's input tensor itself, not a detached copy, so that layers reading one
+tensor can share its decomposition (``methods.SharedInputs``); it must not modify it."""
 
 
 def save_tucker(ctx: FunctionCtx, weight: Tensor, x: Tucker) -> None:
@@ -99,7 +101,7 @@ class TuckerConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
                 geometry: ConvGeometry, compress: Compress) -> Tensor:
-        save_tucker(ctx, weight, compress(x.detach()))
+        save_tucker(ctx, weight, compress(x))
         ctx.geometry, ctx.x_shape, ctx.weight_shape = geometry, x.shape, weight.shape
         return geometry.output(x, weight, bias)
 

@@ -53,7 +53,7 @@ class TuckerLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Tensor | None,
                 compress: Compress) -> Tensor:
-        save_tucker(ctx, weight, compress(x.detach()))
+        save_tucker(ctx, weight, compress(x))
         return F.linear(x, weight, bias)
 
     @staticmethod

@@ -4,11 +4,12 @@ ranks used."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from math import ceil
 
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from .conv import ConvGeometry, GradFilterConv2d, TuckerConv2d
 from .decompose import RankChoice, Tucker, hosvd, subspace_iteration
@@ -64,6 +65,30 @@ class GradFilter(Vanilla):
         return GradFilterLinear.apply(x, weight, bias, self.radius)
 
 
+class SharedInputs:
+    """Tucker tensors of layer inputs, kept as long as the input tensor lives (weakly keyed by
+    the tensor object, dropped when it is modified in place), so that layers reading the same
+    tensor with the same settings decompose it once: a ResNet block's conv1 and its downsample
+    shortcut, for instance. The second layer gets the first one's result, which is what its own
+    decomposition of the same data would compute, and autograd keeps it once."""
+
+    def __init__(self) -> None:
+        self._by_input: WeakTensorKeyDictionary = WeakTensorKeyDictionary()
+
+    def _current(self, x: Tensor) -> dict[Hashable, Tucker]:
+        version, tuckers = self._by_input.get(x, (None, {}))
+        return tuckers if version == x._version else {}
+
+    def lookup(self, x: Tensor, settings: Hashable) -> Tucker | None:
+        return self._current(x).get(settings)
+
+    def store(self, x: Tensor, settings: Hashable, tucker: Tucker) -> None:
+        self._by_input[x] = (x._version, {**self._current(x), settings: tucker})
+
+
+SHARED_INPUTS = SharedInputs()
+
+
 class TuckerMethod:
     """Keeps X as a Tucker tensor [[S; U_n]] (SVD, HOSVD and ASI).
 
@@ -72,6 +97,8 @@ class TuckerMethod:
     ``batch_only`` analyses the batch mode only (the SVD variant: X_(0) ~ U_k (U_k^T X_(0))).
     ``warm_start`` (ASI): ranks are fixed at the first batch, later batches run one subspace
     iteration from the previous factors instead of a decomposition.
+    Layers whose input is the same tensor and whose ``_settings`` are equal share one result
+    (``SHARED_INPUTS``).
     """
 
     def __init__(
@@ -112,15 +139,35 @@ class TuckerMethod:
                 shape, budget_ranks(shape, ratios, elements, self.eps))
         return lambda shape, ratios: widen_free_modes(shape, eps_ranks(shape, ratios, self.eps))
 
-    def compress(self, x: Tensor) -> Tucker:
+    def _settings(self) -> Hashable | None:
+        """All that decides ``compress``'s result besides X: the rank rule and, for ASI, the
+        fixed ranks and the previous factors (by identity: layers that shared the last step
+        hold the same ones). None, never shared, under a budget: each layer has its own share."""
+        if self.budget is not None:
+            return None
+        rank = tuple(self.rank) if isinstance(self.rank, Sequence) else self.rank
+        fixed = None if self.fixed_ranks is None else tuple(self.fixed_ranks)
+        return (self.eps, rank, self.batch_only, self.warm_start, fixed,
+                tuple(map(id, self.factors)))
+
+    def _decompose(self, x: Tensor) -> Tucker:
         if self.fixed_ranks is None:
-            t = hosvd(x, self._rank_choice(x), self._analysed(x.shape))
-            if self.warm_start:
-                self.fixed_ranks = t.ranks
-        else:
-            limits = rank_limits(x.shape)
-            ranks = [min(k, limit) for k, limit in zip(self.fixed_ranks, limits, strict=True)]
-            t = subspace_iteration(x, self.factors, ranks)
+            return hosvd(x, self._rank_choice(x), self._analysed(x.shape))
+        limits = rank_limits(x.shape)
+        ranks = [min(k, limit) for k, limit in zip(self.fixed_ranks, limits, strict=True)]
+        return subspace_iteration(x, self.factors, ranks)
+
+    def compress(self, x: Tensor) -> Tucker:
+        """[[S; U_n]] of the layer input ``x`` (shared with the layers that read the same
+        tensor with the same settings, see ``SharedInputs``)."""
+        settings = self._settings()
+        t = None if settings is None else SHARED_INPUTS.lookup(x, settings)
+        if t is None:
+            t = self._decompose(x.detach())
+            if settings is not None:
+                SHARED_INPUTS.store(x, settings, t)
+        if self.warm_start and self.fixed_ranks is None:
+            self.fixed_ranks = t.ranks
         if self.warm_start:
             self.factors = t.factors
         self.ranks, self.nbytes = t.ranks, t.nbytes
