@@ -348,7 +348,7 @@ def plot(cases: dict[str, dict[str, dict]], environment: dict, path: Path) -> No
             axis.axhline(limit, color="grey", ls="--", lw=1)
             axis.annotate(f"target: {methods}", (0.01, limit), xycoords=("axes fraction", "data"),
                           va="bottom", fontsize=7, color="grey")
-        others = ", ".join(b for b in by_batch if b != largest) or "-"
+        others = ", ".join(str(b) for b in by_batch if b != largest) or "-"
         axis.set_xscale("log")
         axis.set_ylim(bottom=0)
         axis.set_title(f"{case}\nvanilla {by_batch[largest]['vanilla']['region_ms']:.0f} ms at "

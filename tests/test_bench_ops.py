@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.ops import CASES, METHODS, TARGETS, check_targets
+from bench.ops import CASES, METHODS, TARGETS, check_targets, plot
 
 ROOT = Path(__file__).resolve().parents[1]
 REALISTIC, DEFAULT = CASES[0].name, CASES[-1].name
@@ -44,6 +44,13 @@ def test_targets_are_judged_at_the_largest_batch_of_realistic_cases_only():
     slowest = next(key for key in targets if key.startswith("decomposition"))
     assert "9.5x" in slowest and targets[slowest] is False
     assert targets["identical ranks"] is True
+
+
+def test_a_measuring_run_plots_its_int_batch_keys(tmp_path):
+    environment = {"threads": 2, "allocator": "steady", "load_average_before": [0.5, 0.5, 0.5],
+                   "load_average_after": [1.0, 1.0, 1.0]}
+    plot({REALISTIC: {32: results({}), 64: results({})}}, environment, tmp_path / "ops.png")
+    assert (tmp_path / "ops.png").stat().st_size > 20_000
 
 
 def test_replot_draws_the_figure_from_the_json_alone(tmp_path):
