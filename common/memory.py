@@ -133,61 +133,85 @@ class SavedTensors:
         self._hooks.__exit__(*exc)
 
 
-class LiveTensors(TorchDispatchMode):
-    """Tracks the bytes of live storages created by aten ops, and their peak.
+def _signature(value: object) -> object:
+    """What a FLOP formula reads of an op argument: a tensor's shape, a sequence's elements'
+    signatures, any other value itself (strides, paddings, flags)."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, list | tuple):
+        return tuple(_signature(v) for v in value)
+    return value
 
-    A storage is counted from the first op output that uses it until it is freed; storages
-    whose data pointer is in ``exclude`` (parameters, buffers, inputs) are never counted.
+
+class StepTrace(TorchDispatchMode):
+    """Watches the aten ops run under it: the bytes of the live storages they create and their
+    peak, and (``count_flops``) the ops' FLOPs.
+
+    Live bytes: a storage is counted from the first op output that uses it until it is freed
+    (``weakref.finalize`` on the storage); storages whose data pointer is in ``exclude``
+    (parameters, buffers, inputs) are never counted. ``peak`` is the largest ``live`` seen.
+
+    FLOPs: ``flops`` = sum over ops of ``torch.utils.flop_counter.flop_registry[op](args, out)``
+    (matmuls, convolutions and their backward, attention; every other op counts 0): the same
+    count as ``FlopCounterMode.get_total_flops()`` for eager CPU training steps, for a fraction
+    of its cost: no per-module breakdown (its module hooks run at every layer call), no re-entry
+    of the mode per op to try decompositions (ops that reach a dispatch mode in eager mode are
+    already decomposed). A formula's value depends on the shapes and the other arguments only,
+    so it is computed once per (op, :func:`_signature` of the arguments) and remembered for the
+    process: a client's steps and the clients after it repeat the same few dozen convolutions.
+
+    One mode for both, as every op pays the Python dispatch once per mode on the stack.
     """
 
-    def __init__(self, exclude: set[int]) -> None:
+    _flops_of: dict[tuple, int] = {}  # (op, signature) -> FLOPs, shared by every trace
+
+    def __init__(self, exclude: set[int], count_flops: bool = False) -> None:
         super().__init__()
         self.exclude = exclude
+        self.count_flops = count_flops
         self.tracked: set[int] = set()
         self.live = 0
         self.peak = 0
+        self.flops = 0
 
     def _free(self, pointer: int, nbytes: int) -> None:
         self.tracked.discard(pointer)
         self.live -= nbytes
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_leaves(out):
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()
-            pointer, nbytes = storage.data_ptr(), storage.nbytes()
-            if nbytes == 0 or pointer in self.exclude or pointer in self.tracked:
-                continue
-            self.tracked.add(pointer)
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._free, pointer, nbytes).atexit = False
-        return out
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer in self.tracked or pointer in self.exclude:
+            return
+        nbytes = storage.nbytes()
+        if nbytes == 0:
+            return
+        self.tracked.add(pointer)
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, pointer, nbytes).atexit = False
 
-
-class FlopCount(TorchDispatchMode):
-    """Counts the FLOPs of the aten ops run under it: ``total`` = sum over ops of
-    ``torch.utils.flop_counter.flop_registry[op](args, out)`` (matmuls, convolutions and their
-    backward, attention; every other op counts 0).
-
-    The same count as ``FlopCounterMode.get_total_flops()`` for eager CPU training steps, for a
-    fraction of its cost: no per-module breakdown (its module hooks run at every layer call),
-    no re-entry of the mode per op to try decompositions (ops that reach a dispatch mode in eager
-    mode are already decomposed).
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.total = 0
+    def _count(self, func, args: tuple, kwargs: dict, out: object) -> None:
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is None:
+            return
+        key = (func, _signature(args), _signature(tuple(sorted(kwargs.items()))))
+        flops = self._flops_of.get(key)
+        if flops is None:
+            flops = self._flops_of[key] = formula(*args, **kwargs, out_val=out)
+        self.flops += flops
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.total += formula(*args, **kwargs, out_val=out)
+        if self.count_flops:
+            self._count(func, args, kwargs, out)
+        if type(out) is torch.Tensor:
+            self._track(out)
+        else:
+            for tensor in tree_leaves(out):
+                if isinstance(tensor, torch.Tensor):
+                    self._track(tensor)
         return out
 
 
@@ -246,7 +270,7 @@ class StepProbe:
     optimizer: one SGD-momentum buffer per trainable parameter). With ``budget_bytes``,
     ``after_step`` raises :class:`OutOfBudget` when ``training_bytes`` exceed it, as a device
     would fail at its first step. With ``count_flops``, :attr:`flops` is the forward's and
-    backward's FLOPs (:class:`FlopCount`). A step that fails midway must be ended with
+    backward's FLOPs (:class:`StepTrace`). A step that fails midway must be ended with
     :meth:`close`.
     """
 
@@ -258,8 +282,8 @@ class StepProbe:
         self.flops: int | None = None
         self._exclude = _model_pointers(model)
         self._fields: dict[str, int] = {}
-        self._counter = FlopCount() if count_flops else None
-        self._live: LiveTensors | None = None
+        self._count_flops = count_flops
+        self._trace: StepTrace | None = None
         self._input_bytes = 0
 
     @contextmanager
@@ -267,10 +291,9 @@ class StepProbe:
         """Wrap the forward and loss: saved tensors, forward peak and layer inputs; live tensors
         from here until :meth:`after_step`, FLOPs until :meth:`after_backward`."""
         self._input_bytes = storage_bytes([inputs])
-        self._live = LiveTensors(self._exclude | {inputs.untyped_storage().data_ptr()})
-        self._live.__enter__()  # entered before the FLOP counter, left after it
-        if self._counter is not None:
-            self._counter.__enter__()
+        self._trace = StepTrace(self._exclude | {inputs.untyped_storage().data_ptr()},
+                                self._count_flops)
+        self._trace.__enter__()
         try:
             with SavedTensors(self._exclude) as saved, _input_bytes(self.model) as seen:
                 yield
@@ -282,22 +305,21 @@ class StepProbe:
             activation_bytes=saved.nbytes,
             compressed_bytes=(wrapped_compressed_bytes(self.model)
                               if wrapped_layers(self.model) else sum(seen)),
-            peak_forward_bytes=self._live.peak + self._input_bytes,
+            peak_forward_bytes=self._trace.peak + self._input_bytes,
         )
 
     def _stop_counting_flops(self) -> None:
-        if self._counter is not None:
-            counter, self._counter = self._counter, None
-            counter.__exit__(None, None, None)
-            self.flops = counter.total
+        if self._trace is not None and self._trace.count_flops:
+            self._trace.count_flops = False
+            self.flops = self._trace.flops
 
     def _stop_tracking(self) -> int:
-        """Leave the live-tensor mode; the step's peak so far (0 if it never started)."""
-        live, self._live = self._live, None
-        if live is None:
+        """Leave the trace; the step's peak so far (0 if it never started)."""
+        trace, self._trace = self._trace, None
+        if trace is None:
             return 0
-        live.__exit__(None, None, None)
-        return live.peak + self._input_bytes
+        trace.__exit__(None, None, None)
+        return trace.peak + self._input_bytes
 
     def close(self) -> None:
         """Stop counting FLOPs and tracking tensors if the step never reached its end."""

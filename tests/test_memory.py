@@ -312,3 +312,23 @@ def test_probe_counts_the_flops_of_the_measured_step(
     train(model, loader, max_steps=2, probe=probe)
     assert probe.flops == direct.get_total_flops() > 0
     assert not torch._C._len_torch_dispatch_stack()
+
+
+def test_remembered_flops_follow_the_shapes() -> None:
+    """FLOP formulas are remembered per op and argument shapes: the same layers at another
+    batch size, stride or padding count anew, as FlopCounterMode counts them."""
+    for batch, stride, padding in [(4, 1, 1), (6, 1, 1), (4, 2, 1), (4, 1, 0), (4, 1, 1)]:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(3, 5, 3, stride=stride, padding=padding), nn.Flatten(),
+                            nn.LazyLinear(2))
+        inputs = torch.randn(batch, 3, 8, 8)
+        net(inputs)  # materialise the lazy layer
+        with FlopCounterMode(display=False) as direct:
+            net(inputs).sum().backward()
+        probe = StepProbe(net, count_flops=True)
+        with probe.forward(inputs):
+            loss = net(inputs).sum()
+        loss.backward()
+        probe.after_backward()
+        probe.after_step()
+        assert probe.flops == direct.get_total_flops() > 0
