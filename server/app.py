@@ -47,6 +47,7 @@ from common.runconfig import experiment, settings_of
 from common.train import evaluate as evaluate_model
 from common.train import round_span
 from server import fleet
+from server.grid import WatchfulGrid
 from server.report import Reporter
 from server.task import pretrained_model, test_dataset
 
@@ -177,8 +178,21 @@ class Reporting:
         """Name kernel OOM kills in the fleet's cgroups (:class:`fleet.OomWatch`; none in
         simulation) and keep every error reply's full text in ``<out_dir>/client-errors.log``."""
         self.oom = fleet.OomWatch(out_dir / fleet.RUN_DIR)
+        self._kills: dict[int, str] = {}  # partition id -> OOM kill not yet in a record
         self.errors_log = out_dir / ERRORS_LOG
         return self
+
+    def _kill_of(self, partition_id: int) -> str | None:
+        """The OOM kill the kernel made in the node's cgroup since the last error record of
+        that node took one (:meth:`fleet.OomWatch.killed`), if any."""
+        if reason := self.oom.killed(partition_id):
+            self._kills[partition_id] = reason
+        return self._kills.get(partition_id)
+
+    def killed(self, node_id: int) -> bool:
+        """Whether the kernel killed a process of the node for memory since its last error
+        record: its ClientApp will not reply (``WatchfulGrid`` stops waiting for it)."""
+        return self._kill_of(self.directory.identity(node_id)[0]) is not None
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -215,9 +229,10 @@ class Reporting:
             self.num_failed = len(results) - self.num_ok
 
     def _explained(self, result: ClientRecord) -> ClientRecord:
-        """An error (no reply included) of a node whose cgroup counted an OOM kill since the
-        last look is that kill: status ``oom``, the kernel and the limit named."""
-        if result.status == "error" and (reason := self.oom.killed(result.partition_id)):
+        """An error (no reply included) of a node whose cgroup counted an OOM kill since its
+        last error record is that kill: status ``oom``, the kernel and the limit named."""
+        if result.status == "error" and self._kill_of(result.partition_id):
+            reason = self._kills.pop(result.partition_id)
             return result.model_copy(update={"status": "oom", "reason": reason})
         return result
 
@@ -314,7 +329,7 @@ def main(grid: Grid, context: Context) -> None:
             return MetricRecord({"accuracy": accuracy, "loss": loss})
 
         strategy.start(
-            grid,
+            WatchfulGrid(grid, strategy.killed),
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=config.rounds,
             timeout=config.round_timeout_s,

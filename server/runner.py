@@ -266,7 +266,7 @@ def run(
         if on_started is not None:
             on_started(state)
         outcome.flwr_run_id = submit(state, overrides, resources)
-        outcome.status = _follow(state, outcome, tail)
+        outcome.status = _follow(state, outcome, tail, config.rounds)
     except RunCancelled as why:
         outcome.status = "cancelled"
         stopped = RunState(status="cancelled", message=f"received {why}")
@@ -328,8 +328,11 @@ class EventTail:
                 self.on_event(event)
 
 
-def _follow(state: fleet.FleetState, outcome: RunOutcome, tail: EventTail) -> str:
-    """Stream new events until Flower reports the run finished; returns its final status."""
+def _follow(state: fleet.FleetState, outcome: RunOutcome, tail: EventTail, rounds: int) -> str:
+    """Stream new events until Flower reports the run finished; returns its final status.
+
+    Flower's status (a ``flwr list`` CLI start) is asked every ``STATUS_EVERY``-th poll, and at
+    every poll once round ``rounds`` has its result: the ServerApp is then about to end."""
     status = "pending"
     tick = 0
     while True:
@@ -340,5 +343,7 @@ def _follow(state: fleet.FleetState, outcome: RunOutcome, tail: EventTail) -> st
         if state.superlink is not None and not state.superlink.alive():
             return "finished:failed (superlink exited)"
         time.sleep(POLL_S)
-        if tick % STATUS_EVERY == 0:
+        last_round_in = any(e.round is not None and e.round.round >= rounds
+                            for e in outcome.events)
+        if tick % STATUS_EVERY == 0 or last_round_in:
             status = flower_status(state, outcome.flwr_run_id)

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from torch.utils.data import DataLoader
 
 import client.app as client_app
@@ -28,14 +26,7 @@ from common.memory import measure
 from common.train import initial_model
 from tests.dashboard_support import REPO, tiny_config
 
-
-@pytest.fixture(autouse=True)
-def task_identity() -> Iterator[None]:
-    """Messages take their run id from the process's task identity, as in a ClientApp."""
-    saved = (TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id)
-    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._task_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")
 
 
 def _config(policy: str) -> ExperimentConfig:

@@ -134,12 +134,13 @@ def test_deployment_engine_under_real_memory_limits(tmp_path: Path) -> None:
     clients = {c.device: c for c in _train_results(outcome)}
     assert sorted(clients) == ["pi-starved", "rpi5"]
     starved, rpi5 = clients["pi-starved"], clients["rpi5"]
-    # killed by the kernel at its 150 MiB limit (its SuperNode only says "ClientApp stopped
-    # responding."): named so from the cgroup's own OOM record
+    # killed by the kernel at its 150 MiB limit: named so from the cgroup's own OOM record
     assert starved.status == "oom", starved
     assert starved.reason == "out of memory: killed by the kernel at the 150 MiB limit", starved
     assert usage["pi-starved"][0] >= 1
-    assert "ClientApp stopped responding." in (tmp_path / "client-errors.log").read_text()
+    # the round stopped waiting once the kill was seen: Flower's own error reply for the dead
+    # ClientApp ("ClientApp stopped responding.", after its heartbeat lapsed: 60 s) never came
+    assert not (tmp_path / "client-errors.log").exists()
     assert rpi5.status == "ok" and all(getattr(rpi5, f) is not None for f in OK_FIELDS), rpi5
     assert usage["rpi5"] == (0, usage["rpi5"][1]) and usage["rpi5"][1] > 100 * 2**20  # torch ran
     # the ClientApp read its own cgroup: the limit, and a peak no later reading is below
