@@ -7,7 +7,7 @@ its SuperNode answers for it only once the app's heartbeat has lapsed (flwr 1.42
 so every round in which a device ran out of memory lasted a minute at least. Here the wait ends
 as soon as every message still without a reply went to a node that ``dead`` names (the server's
 :class:`server.fleet.OomWatch` saw an OOM kill in its cgroup), and replies are pulled every
-``POLL_S`` (Flower's deployment grid sleeps 3 s between pulls, its simulation grid 0.1 s).
+``POLL_S``, as Flower's simulation grid does (its deployment grid sleeps 3 s between pulls).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-POLL_S = 0.2
+POLL_S = 0.1
 
 
 class WatchfulGrid:
