@@ -88,15 +88,15 @@ def test_events_reported_while_the_dashboard_is_down_arrive_exactly_once(tmp_pat
     probe = DashboardProcess(tmp_path)
     env = probe.fake_runs()
     with DashboardProcess(tmp_path, "--max-runs", "2", env=env) as server:
-        going = launch(server, name="long-going", rounds=120)  # 60 s
-        ending = launch(server, name="long-ending", rounds=20)  # 10 s
+        going = launch(server, name="long-going", rounds=100)  # 25 s (ROUND_S 0.25)
+        ending = launch(server, name="long-ending", rounds=20)  # 5 s
         wait_for(lambda: len(run_of(server, going)["rounds"]) >= 3, 60, "three rounds")
         server.kill9()
     pid = sqlite3.connect(tmp_path / "dashboard.db").execute(
         "select pid from runs where id = ?", (going,)).fetchone()[0]
-    # the dashboard stays down for 30 s, past the reporter's back-off cap (0.5, 1, 2, 4, 8,
-    # then 15 s); both runs go on, one of them ends
-    time.sleep(30)
+    # the dashboard stays down for 8 s, past the stand-ins' back-off cap (0.5, 1, 2, then
+    # BACKOFF_CAP_S = 3 s); both runs go on, one of them ends
+    time.sleep(8)
     assert alive(pid)
     with DashboardProcess(tmp_path, "--max-runs", "2", env=env) as server:
         ended = run_of(server, ending)  # imported before the server answers
@@ -110,9 +110,9 @@ def test_events_reported_while_the_dashboard_is_down_arrive_exactly_once(tmp_pat
         detail = wait_for(lambda: (d := run_of(server, going))["run"]["status"] != "running"
                           and d, 60, "the re-attached run to end")
         assert detail["run"]["status"] == "finished"
-        assert len(detail["rounds"]) == 120 and len(detail["clients"]) == 360
+        assert len(detail["rounds"]) == 100 and len(detail["clients"]) == 300
         assert stored_once(tmp_path / "dashboard.db", going,
-                           files / going / "out" / "events.jsonl") == 1 + 120 * 4 + 1
+                           files / going / "out" / "events.jsonl") == 1 + 100 * 4 + 1
 
 
 def test_restart_re_attaches_to_a_live_run_and_interrupts_a_gone_one(tmp_path):
