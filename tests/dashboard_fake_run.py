@@ -35,6 +35,7 @@ from server import report
 from server.report import Reporter
 
 ROUND_S = 0.25
+CONNECT_S = 15.0
 BACKOFF_CAP_S = 3.0
 
 
@@ -52,7 +53,19 @@ def main() -> int:
     client = httpx.Client(headers={"Authorization": f"Bearer {args.report_token}"}, timeout=10)
 
     def post(**part: object) -> None:
-        client.post(args.report_url, json={"run_id": args.run_id, **part}).raise_for_status()
+        """POST one event. A run the dashboard re-queues at startup can start before the
+        dashboard listens on its port: connection refusals are retried for ``CONNECT_S``, as a
+        real run's reporter re-sends what did not arrive."""
+        deadline = time.monotonic() + CONNECT_S
+        while True:
+            try:
+                client.post(args.report_url, json={"run_id": args.run_id, **part}
+                            ).raise_for_status()
+                return
+            except httpx.ConnectError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     if name.startswith("long"):
         return long_run(args.run_id, Path(args.out), args.report_url, args.report_token,
